@@ -1,0 +1,188 @@
+"""What a stage leaves on disk, and how rlmed knows it is complete.
+
+run_dir/<stage id>/ holds the stage's outputs, `metrics.jsonl` (every logged step) and `manifest.json`.
+The manifest is written last and atomically (temp file + rename), so its presence means the stage finished:
+a crash at any earlier point leaves no manifest, and the stage is never taken as done.
+
+Content hashes of user files are cached by (size, mtime) in run_dir/.rlmed/hash_cache.json, so a 15 GB model
+folder is hashed once, not on every launch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+STARTED = "started.json"
+METRICS = "metrics.jsonl"
+TRACKED_PACKAGES = (
+    "rlmed", "torch", "transformers", "trl", "peft", "deepspeed", "accelerate", "datasets", "tokenizers",
+    "safetensors", "openai", "wandb",
+)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` so that readers see either the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of a JSON-able object in canonical form (sorted keys), for config hashes."""
+    text = json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    """The stage's manifest, or None when it is absent or unreadable (an unreadable one is not 'done')."""
+    path = Path(stage_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("ignoring unreadable manifest %s (%s); the stage will run again", path, exc)
+        return None
+
+
+def manifest_hash(stage_dir: Path) -> str | None:
+    """Hash of the manifest file's bytes: what a dependant records for a `$stage.output` input.
+
+    Every run writes a new start time into the manifest, so a stage that re-ran always has a new hash and
+    its dependants re-run too.
+    """
+    path = Path(stage_dir) / MANIFEST
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+class HashCache:
+    """Content hashes of files and folders, cached by path, size and modification time."""
+
+    def __init__(self, cache_file: Path):
+        self.cache_file = Path(cache_file)
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._dirty = False
+        try:
+            self._entries = json.loads(self.cache_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self._entries = {}
+
+    def file_hash(self, path: Path) -> str:
+        path = Path(path).resolve()
+        stat = path.stat()
+        key = str(path)
+        entry = self._entries.get(key)
+        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+            return entry["sha256"]
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        self._entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+        self._dirty = True
+        return digest.hexdigest()
+
+    def path_hash(self, path: Path) -> str:
+        """A file's content hash, or a folder's: the hash of its files' relative names and content hashes."""
+        path = Path(path)
+        if path.is_file():
+            return self.file_hash(path)
+        digest = hashlib.sha256()
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{child.relative_to(path).as_posix()}\0{self.file_hash(child)}\n".encode())
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        if self._dirty:
+            atomic_write_json(self.cache_file, self._entries)
+            self._dirty = False
+
+
+class MetricsLog:
+    """metrics.jsonl of one stage: one JSON object per logged step, appended and flushed as it happens."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        record = {k: _jsonable(v) for k, v in metrics.items()}
+        if step is not None:
+            record = {"step": step, **record}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records logged after `step`: a resumed run logs those steps again."""
+        kept = [r for r in self.read() if r.get("step") is None or r["step"] <= step]
+        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them visible instead of failing the log
+    return value
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_revision(path: Path) -> dict[str, Any] | None:
+    """HEAD commit and dirty flag of the git checkout containing `path`, or None outside one."""
+    where = Path(path).resolve()
+    where = where if where.is_dir() else where.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return None

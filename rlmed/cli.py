@@ -1,0 +1,109 @@
+"""`rlmed run recipe.yaml` (console script) and `python rlmed/run.py recipe.yaml` (what deepspeed launches).
+
+Exit codes: 0 done, 1 a stage failed, 2 the recipe or the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("rlmed")
+
+
+def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("recipe", type=Path, help="recipe YAML file, e.g. recipes/tiny.yaml")
+    parser.add_argument("--only", metavar="ID", help="run only this stage (its inputs must exist already)")
+    parser.add_argument("--from", dest="start_from", metavar="ID",
+                        help="re-run this stage and every later one; earlier stages must have completed")
+    parser.add_argument("--run-dir", type=Path, help="write the run here instead of the recipe's run_dir")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the recipe and print the stage plan; load nothing, train nothing")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def format_plan(plan) -> str:
+    lines = []
+    for planned in plan:
+        stage = planned.stage
+        lines.append(f"[{planned.action}] {stage.id} ({stage.kind}): {planned.reason}")
+        for name, value in planned.inputs.items():
+            original = stage.inputs.get(name)
+            items = value if isinstance(value, list) else [value]
+            originals = original if isinstance(original, list) else [original]
+            for item, orig in zip(items, originals):
+                path = getattr(item, "path", item)
+                ref = getattr(orig, "path", orig)
+                note = f"  (from {ref})" if str(ref).startswith("$") else ""
+                weight = getattr(item, "weight", None)
+                weight_note = f"  weight {weight:g}" if weight is not None else ""
+                lines.append(f"    in  {name}: {path}{weight_note}{note}")
+        for name, path in planned.outputs.items():
+            lines.append(f"    out {name}: {path}")
+    return "\n".join(lines)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from rlmed.recipe import RecipeError, load_recipe
+    from rlmed.runner import RunError, Runner
+
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    try:
+        recipe = load_recipe(args.recipe, run_dir=args.run_dir)
+    except RecipeError as exc:
+        print(f"rlmed: the recipe has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    try:
+        runner = Runner(recipe, only=args.only, start_from=args.start_from)
+        if args.dry_run:
+            print(f"recipe {recipe.path} ({recipe.name}): {len(recipe.stages)} stages, run dir {runner.run_dir}")
+            print(format_plan(runner.plan()))
+            return 0
+        runner.run()
+    except RunError as exc:
+        logger.error("%s", exc, exc_info=args.verbose)
+        print(f"rlmed: {exc}", file=sys.stderr)
+        return 1
+    logger.info("recipe %s finished; run dir %s", recipe.name, runner.run_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="rlmed", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub.add_parser("run", help="run a recipe's stages in order"))
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if args.command == "run":
+        return run_command(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    """Entry of rlmed/run.py: the same as `rlmed run`, without the subcommand word."""
+    parser = _run_parser(argparse.ArgumentParser(prog="rlmed/run.py", description="run a recipe's stages in order"))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging(args.verbose)
+    return run_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

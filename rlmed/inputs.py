@@ -1,0 +1,169 @@
+"""A stage's `inputs:` block: `$stage.output` references, local paths, Hub ids, weighted data sources.
+
+Forms accepted for an input:
+- model / file: `path`, `org/name` (a Hub id), or `$stage.output`
+- data: one of those, or a list whose items are those or `{path, weight, format}` mappings (mixed by weight)
+
+A Hub-style id that is not a local path is accepted here and only fails, with a clear message, when the
+stage loads it and no hub is reachable. A path that looks like a file (has a data/model file extension or
+starts with ./, ../ or /) and does not exist is reported now.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlmed.data.formats import FORMATS as DATA_FORMATS
+from rlmed.stages.base import DataSource, Input, StageSpec
+
+REF_PATTERN = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
+HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
+FILE_SUFFIXES = {".jsonl", ".json", ".txt", ".csv", ".tsv", ".parquet", ".arrow", ".yaml", ".yml",
+                 ".safetensors", ".bin", ".pt", ".jinja", ".md"}
+DATA_SOURCE_KEYS = {"path", "weight", "format"}
+
+
+@dataclass(frozen=True)
+class Ref:
+    """`$stage.output`: an output of an earlier stage, resolved to a path when the stage runs."""
+
+    stage: str
+    output: str
+
+    def __str__(self) -> str:
+        return f"${self.stage}.{self.output}"
+
+
+def parse_ref(value: Any) -> Ref | None:
+    if isinstance(value, str):
+        match = REF_PATTERN.match(value.strip())
+        if match:
+            return Ref(match.group(1), match.group(2))
+    return None
+
+
+def looks_like_hub_id(value: str) -> bool:
+    return bool(HUB_ID_PATTERN.match(value)) and Path(value).suffix.lower() not in FILE_SUFFIXES
+
+
+def resolve_local(value: str, recipe_path: Path) -> Path | None:
+    """The existing local path `value` names (current directory first, then the recipe's folder), or None."""
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        return candidate if candidate.exists() else None
+    for base in (Path.cwd(), recipe_path.resolve().parent):
+        if (base / candidate).exists():
+            return (base / candidate).resolve()
+    return None
+
+
+def validate_inputs(raw: Any, spec: StageSpec, where: str, recipe_path: Path, earlier: dict[str, StageSpec],
+                    problems: list[str]) -> dict[str, Any]:
+    """Normalise a stage's inputs; append a problem line for each bad one."""
+    raw = raw if raw is not None else {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: inputs: expected a mapping of input name to path or $stage.output")
+        return {}
+    inputs: dict[str, Any] = {}
+    for name in raw:
+        if name not in spec.inputs:
+            problems.append(f"{where}: inputs.{name}: unknown input of stage kind '{spec.kind}' "
+                            f"(accepted: {', '.join(spec.inputs) or 'none'})")
+    for name, declared in spec.inputs.items():
+        key = f"inputs.{name}"
+        if name not in raw or raw[name] is None:
+            if declared.required:
+                problems.append(f"{where}: {key}: missing required {declared.type} input")
+            continue
+        if declared.type == "data":
+            inputs[name] = _data_sources(raw[name], declared, f"{where}: {key}", recipe_path, earlier, problems)
+        else:
+            inputs[name] = _single(raw[name], declared, f"{where}: {key}", recipe_path, earlier, problems)
+    return inputs
+
+
+def _check_ref(ref: Ref, where: str, earlier: dict[str, StageSpec], problems: list[str]) -> None:
+    if ref.stage not in earlier:
+        problems.append(f"{where}: {ref} refers to stage '{ref.stage}', which is not an earlier stage of this "
+                        f"recipe (earlier stages: {', '.join(earlier) or 'none'})")
+    elif ref.output not in earlier[ref.stage].outputs:
+        outputs = ", ".join(earlier[ref.stage].outputs) or "none"
+        problems.append(f"{where}: {ref}: stage '{ref.stage}' has no output '{ref.output}' (it writes: {outputs})")
+
+
+def _single(value: Any, declared: Input, where: str, recipe_path: Path, earlier: dict[str, StageSpec],
+            problems: list[str]) -> str | Ref | None:
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{where}: expected a path, a Hub id or $stage.output, got {type(value).__name__}")
+        return None
+    ref = parse_ref(value)
+    if ref is not None:
+        _check_ref(ref, where, earlier, problems)
+        return ref
+    local = resolve_local(value, recipe_path)
+    if local is not None:
+        if declared.type == "model" and not local.is_dir():
+            problems.append(f"{where}: '{value}' is a file; a model input must be a model folder")
+        return str(local)
+    if declared.type == "model" and looks_like_hub_id(value):
+        return value
+    problems.append(f"{where}: {declared.type} not found: '{value}' (relative paths are looked up in the current "
+                    f"directory, then next to the recipe{'; a Hub id looks like org/name' if declared.type == 'model' else ''})")
+    return None
+
+
+def _data_sources(value: Any, declared: Input, where: str, recipe_path: Path, earlier: dict[str, StageSpec],
+                  problems: list[str]) -> list[DataSource]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        problems.append(f"{where}: an empty list; give at least one data file")
+    if len(items) > 1 and not declared.many:
+        problems.append(f"{where}: takes one data source, got {len(items)}")
+    sources: list[DataSource] = []
+    for i, item in enumerate(items):
+        here = f"{where}[{i}]" if isinstance(value, list) else where
+        spec = item if isinstance(item, dict) else {"path": item}
+        unknown = set(spec) - DATA_SOURCE_KEYS
+        if unknown:
+            problems.append(f"{here}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                            f"(a data source takes: path, weight, format)")
+            continue
+        path = spec.get("path")
+        weight = spec.get("weight")
+        fmt = spec.get("format")
+        if weight is not None:
+            try:
+                weight = float(weight)
+                if weight < 0:
+                    raise ValueError
+            except (TypeError, ValueError):
+                problems.append(f"{here}.weight: expected a number >= 0, got {spec.get('weight')!r}")
+                continue
+        if fmt is not None and fmt not in DATA_FORMATS:
+            problems.append(f"{here}.format: expected one of {', '.join(DATA_FORMATS)}, got {fmt!r}")
+            continue
+        if not isinstance(path, str) or not path.strip():
+            problems.append(f"{here}: expected a data file path, a Hub dataset id or $stage.output")
+            continue
+        ref = parse_ref(path)
+        if ref is not None:
+            _check_ref(ref, here, earlier, problems)
+            sources.append(DataSource(path=ref, weight=weight, format=fmt))  # type: ignore[arg-type]
+            continue
+        local = resolve_local(path, recipe_path)
+        if local is not None:
+            sources.append(DataSource(path=str(local), weight=weight, format=fmt))
+        elif looks_like_hub_id(path):
+            sources.append(DataSource(path=path, weight=weight, format=fmt, is_local=False))
+        else:
+            problems.append(f"{here}: data file not found: '{path}' (relative paths are looked up in the current "
+                            f"directory, then next to the recipe)")
+    weighted = [s.weight is not None for s in sources]
+    if any(weighted) and not all(weighted):
+        problems.append(f"{where}: give a weight to every data source or to none")
+    elif sources and all(weighted) and not any(s.weight for s in sources):
+        problems.append(f"{where}: all weights are 0; at least one source needs a positive weight")
+    return sources

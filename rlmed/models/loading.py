@@ -1,0 +1,54 @@
+"""Loading a model or tokenizer from a local folder or a Hub id, failing clearly when neither works."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def _explain(name_or_path: str, what: str, exc: Exception) -> ModelLoadError:
+    if Path(name_or_path).exists():
+        return ModelLoadError(f"cannot load the {what} in '{name_or_path}': {type(exc).__name__}: {exc}")
+    return ModelLoadError(
+        f"'{name_or_path}' is not a local folder, and the {what} could not be fetched from the Hugging Face Hub "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Download it on a machine with "
+        f"access (`hf download {name_or_path} --local-dir DIR`) and point the recipe at DIR."
+    )
+
+
+def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
+    """A fast tokenizer; `chat_template` (Jinja text) replaces the model's own when given."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as exc:  # OSError / HF errors / connection errors: all mean "not loadable here"
+        raise _explain(name_or_path, "tokenizer", exc) from exc
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # common for base models; labels come from masks, not pad ids
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, dtype: str = "auto", **kwargs: Any) -> Any:
+    """AutoModelForCausalLM from a folder or Hub id; `dtype` 'auto' keeps the checkpoint's dtype on GPU and
+    uses float32 on CPU (bf16 matmuls on CPU are slow and fp16 ones unsupported)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype == "auto":
+        torch_dtype: Any = "auto" if torch.cuda.is_available() else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, **kwargs)
+    except Exception as exc:
+        raise _explain(name_or_path, "model", exc) from exc

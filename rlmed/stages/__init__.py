@@ -1,0 +1,34 @@
+"""Stage kinds: a recipe's `kind:` names one of these, or the dotted path of a user's module with a `SPEC`."""
+
+from __future__ import annotations
+
+import importlib
+
+from rlmed.stages.base import StageSpec
+
+BUILTIN = {
+    "tiny_model": "rlmed.stages.tiny_model",
+    "pretrain": "rlmed.stages.pretrain",
+    "sft": "rlmed.stages.sft",
+}
+
+
+class UnknownStageKind(ValueError):
+    pass
+
+
+def get_spec(kind: str) -> StageSpec:
+    """The StageSpec of a built-in kind, or of `package.module` holding `SPEC` (a user's own stage)."""
+    module_name = BUILTIN.get(kind)
+    if module_name is None:
+        if "." not in kind:
+            raise UnknownStageKind(f"unknown stage kind '{kind}' (built-in kinds: {', '.join(BUILTIN)})")
+        module_name = kind
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownStageKind(f"stage kind '{kind}': cannot import {module_name} ({exc})") from exc
+    spec = getattr(module, "SPEC", None)
+    if not isinstance(spec, StageSpec):
+        raise UnknownStageKind(f"stage kind '{kind}': module {module_name} has no SPEC = StageSpec(...)")
+    return spec

@@ -1,0 +1,133 @@
+"""Stage `pretrain`: continued pretraining with hybrid instruction data (methods.md §1).
+
+Domain text (`corpus`) and instruction pairs flattened to text (`instructions`) are mixed by document —
+`instruction_ratio` sets the instructions' share, or each source's `weight` sets its own — then tokenised,
+joined with EOS between documents and cut into `max_length` blocks. The loss is plain next-token prediction
+over every token, through transformers' Trainer. A held-out share of documents gives the eval loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rlmed.stages.base import DataSource, Input, StageContext, StageSpec
+
+
+@dataclass(kw_only=True)
+class Args:
+    max_length: int = 1024
+    """Tokens per packed block."""
+    instruction_ratio: float | None = None
+    """Share of documents drawn from `instructions` (0..1); None: sources' weights, or every row once."""
+    num_documents: int | None = None
+    """Documents after mixing (sources up- or down-sampled to reach it); None: the sum of the sources' rows."""
+    validation_fraction: float = 0.05
+    """Share of mixed documents held out for the eval loss; 0 turns evaluation off."""
+    dtype: str = "auto"
+    """Weights dtype when loading: auto (float32 on CPU), float32, bfloat16, float16."""
+
+    def __post_init__(self) -> None:
+        if self.instruction_ratio is not None and not 0.0 <= self.instruction_ratio <= 1.0:
+            raise ValueError(f"instruction_ratio must be within 0..1, got {self.instruction_ratio}")
+        if not 0.0 <= self.validation_fraction < 0.5:
+            raise ValueError(f"validation_fraction must be within 0..0.5, got {self.validation_fraction}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8, got {self.max_length}")
+
+
+def source_weights(corpus: list[DataSource], instructions: list[DataSource], sizes: list[int],
+                   ratio: float | None) -> list[float] | None:
+    """Per-source mixing weights. With `ratio`, the corpus group gets 1-ratio and the instruction group ratio,
+    shared inside each group by the sources' weights (or their sizes when none are given)."""
+    sources = corpus + instructions
+    if ratio is None:
+        given = [s.weight for s in sources]
+        if all(w is None for w in given):
+            return None
+        if any(w is None for w in given):
+            raise ValueError("give a weight to every corpus and instruction source, or to none")
+        return [float(w) for w in given]  # type: ignore[arg-type]
+    weights = []
+    for group, share, group_sizes in ((corpus, 1.0 - ratio, sizes[: len(corpus)]),
+                                      (instructions, ratio, sizes[len(corpus):])):
+        inner = [s.weight if s.weight is not None else float(n) for s, n in zip(group, group_sizes)]
+        total = sum(inner)
+        weights += [share * w / total if total else 0.0 for w in inner]
+    return weights
+
+
+def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
+    from datasets import Dataset
+    from tqdm import tqdm
+    from transformers import Trainer, default_data_collator
+
+    from rlmed import training
+    from rlmed.data.mixing import mix
+    from rlmed.data.packing import pack
+    from rlmed.data.sources import source_records, text
+    from rlmed.models.loading import load_causal_lm, load_tokenizer
+
+    corpus, instructions = inputs["corpus"], inputs.get("instructions", [])
+    if args.instruction_ratio and not instructions:
+        raise ValueError("args.instruction_ratio is set but inputs.instructions is empty")
+    sources = corpus + instructions
+    rows = [[text(r, s.format) for r in source_records(s)] for s in sources]
+    weights = source_weights(corpus, instructions, [len(r) for r in rows], args.instruction_ratio)
+    mixed = mix(rows, weights, seed=ctx.seed, total=args.num_documents)
+    n_eval = int(len(mixed.items) * args.validation_fraction)
+    train_docs, eval_docs = mixed.items[n_eval:], mixed.items[:n_eval]
+    from_instructions = sum(1 for i in mixed.source_ids[n_eval:] if i >= len(corpus))
+
+    tokenizer = load_tokenizer(inputs["model"])
+
+    def blocks(docs: list[str], name: str):
+        ids = []
+        for start in tqdm(range(0, len(docs), 1000), desc=f"tokenising {name}", unit="k docs",
+                          disable=len(docs) < 5000):
+            ids += tokenizer(docs[start:start + 1000], add_special_tokens=False)["input_ids"]
+        packed = pack(ids, args.max_length, tokenizer.eos_token_id)
+        if not packed.blocks:
+            raise ValueError(f"{name} data has {packed.num_tokens} tokens, fewer than one block of "
+                             f"max_length={args.max_length}; lower max_length or add data")
+        return packed, Dataset.from_dict({"input_ids": packed.blocks, "labels": packed.blocks})
+
+    train_pack, train_set = blocks(train_docs, "train")
+    eval_set = blocks(eval_docs, "validation")[1] if eval_docs else None
+    ctx.log.info("pretrain data: %d documents (%d from instructions), %d tokens in %d blocks of %d, "
+                 "%d tokens dropped at the tail", len(train_docs), from_instructions, train_pack.num_tokens,
+                 len(train_pack.blocks), args.max_length, train_pack.dropped_tokens)
+
+    model = load_causal_lm(inputs["model"], dtype=args.dtype)
+    config = training.trainer_config(ctx, "transformers.TrainingArguments", has_eval=eval_set is not None,
+                                     per_device_train_batch_size=8, learning_rate=5e-5, num_train_epochs=1)
+    # Blocks are all max_length long, so no padding and no collator masking: labels are the inputs.
+    trainer = Trainer(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
+                      data_collator=default_data_collator, processing_class=tokenizer,
+                      callbacks=training.callbacks(ctx))
+    metrics = training.train(ctx, trainer)
+    training.save_model(trainer, tokenizer, ctx.output("model"))
+    return {
+        **metrics,
+        "train_documents": len(train_docs),
+        "eval_documents": len(eval_docs),
+        "instruction_share": from_instructions / max(1, len(train_docs)),
+        "train_tokens": train_pack.num_tokens,
+        "train_blocks": len(train_pack.blocks),
+        "dropped_tokens": train_pack.dropped_tokens,
+    }
+
+
+SPEC = StageSpec(
+    kind="pretrain",
+    args=Args,
+    inputs={
+        "model": Input("model", doc="model folder or Hub id to continue from"),
+        "corpus": Input("data", many=True, doc="domain text (text rows; dialogue rows are flattened)"),
+        "instructions": Input("data", many=True, required=False, doc="instruction pairs, flattened to text"),
+    },
+    outputs={"model": "model"},
+    run=run,
+    trainer_config="transformers.TrainingArguments",
+    doc=__doc__,
+)

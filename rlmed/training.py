@@ -1,0 +1,118 @@
+"""What every trainer-based stage shares: its trl/transformers config, callbacks, resume and final metrics.
+
+Stages hand a trl/transformers trainer its config and do not re-implement training. This module fills the
+config fields rlmed owns (where checkpoints go, logging into metrics.jsonl) under the user's `trainer:` block,
+turns bf16/fp16 off where there is no CUDA, and resumes from the stage's last checkpoint after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from rlmed.components import build_component, import_object
+from rlmed.stages.base import StageContext
+
+logger = logging.getLogger(__name__)
+CHECKPOINTS = "checkpoints"
+
+
+def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **stage_defaults: Any) -> Any:
+    """Build the config class at `config_path`: rlmed's defaults < the stage's defaults < the recipe's fields."""
+    import torch
+
+    fields: dict[str, Any] = {
+        "output_dir": str(ctx.stage_dir / CHECKPOINTS),
+        "report_to": "none",
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": 200,
+        "save_total_limit": 2,
+        "seed": ctx.seed,
+        "eval_strategy": "steps" if has_eval else "no",
+        "eval_steps": 50,
+        "dataloader_num_workers": 0,
+    }
+    fields.update(stage_defaults)
+    fields.update(ctx.trainer)
+    if not has_eval and fields.get("eval_strategy") not in (None, "no"):
+        logger.warning("stage %s: no validation data, so eval_strategy=%s is turned off", ctx.stage_id,
+                       fields["eval_strategy"])
+        fields["eval_strategy"] = "no"
+    if not torch.cuda.is_available():
+        asked = [name for name in ("bf16", "fp16") if fields.get(name)]
+        if asked or "bf16" not in ctx.trainer:
+            logger.info("no CUDA device: training in float32 (bf16/fp16 off%s)",
+                        f"; the recipe asked for {', '.join(asked)}" if asked else "")
+        fields["bf16"] = False
+        fields["fp16"] = False
+        fields.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator; it only warns here
+    config_cls = import_object(config_path)
+    return config_cls(**fields)
+
+
+class _MetricsCallback:
+    """Appends every log event of the trainer to the stage's metrics.jsonl."""
+
+    def __new__(cls, ctx: StageContext):
+        from transformers import TrainerCallback
+
+        class MetricsCallback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and state.is_world_process_zero:
+                    ctx.metrics.log(dict(logs), step=state.global_step)
+
+        return MetricsCallback()
+
+
+def callbacks(ctx: StageContext) -> list[Any]:
+    """The metrics logger plus the recipe's own `callbacks:` components."""
+    return [_MetricsCallback(ctx)] + [build_component(spec) for spec in ctx.callbacks]
+
+
+def last_checkpoint(ctx: StageContext) -> str | None:
+    """The newest `checkpoint-N` of this stage that holds a complete trainer state."""
+    root = ctx.stage_dir / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    found = []
+    for path in root.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and (path / "trainer_state.json").exists():  # written last by the Trainer's save
+            found.append((int(match.group(1)), path))
+    return str(max(found)[1]) if found else None
+
+
+def train(ctx: StageContext, trainer: Any) -> dict[str, Any]:
+    """Run `trainer.train()`, resuming when the stage was interrupted with this config; return final metrics."""
+    resume_from = last_checkpoint(ctx) if ctx.resume else None
+    if resume_from:
+        step = int(Path(resume_from).name.split("-")[1])
+        logger.info("stage %s: resuming from %s (step %d)", ctx.stage_id, resume_from, step)
+        ctx.metrics.truncate_after(step)
+    elif ctx.resume:
+        logger.info("stage %s: interrupted before its first checkpoint; starting over", ctx.stage_id)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    metrics: dict[str, Any] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    metrics["global_step"] = result.global_step
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    if losses:
+        metrics["first_loss"], metrics["last_loss"] = losses[0], losses[-1]
+    if trainer.eval_dataset is not None:
+        evaluated = trainer.evaluate()
+        ctx.metrics.log(evaluated, step=trainer.state.global_step)
+        metrics.update({k: v for k, v in evaluated.items() if k.startswith("eval_")})
+        if "eval_loss" in evaluated and math.isfinite(evaluated["eval_loss"]):
+            metrics["eval_perplexity"] = math.exp(min(evaluated["eval_loss"], 50.0))
+    if resume_from:
+        metrics["resumed_from_step"] = int(Path(resume_from).name.split("-")[1])
+    return metrics
+
+
+def save_model(trainer: Any, tokenizer: Any, out_dir: Path) -> None:
+    """The stage's `model` artifact: a folder any later stage (or transformers) loads by path."""
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
