@@ -68,6 +68,25 @@ class _MetricsCallback:
         return MetricsCallback()
 
 
+# Shown in the progress bar's postfix; everything else logged goes only to metrics.jsonl (and W&B).
+BAR_KEYS = ("loss", "eval_loss", "learning_rate")
+
+
+def _quiet_progress(trainer: Any) -> None:
+    """Replace the Trainer's progress bar, which prints every log dict on its own line (one per step with
+    logging_steps=1), by the same bar showing the latest loss in its postfix."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class ProgressWithLoss(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                shown = {k: f"{logs[k]:.4g}" for k in BAR_KEYS if isinstance(logs.get(k), (int, float))}
+                self.training_bar.set_postfix(shown, refresh=False)
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ProgressWithLoss())
+
+
 def callbacks(ctx: StageContext) -> list[Any]:
     """The metrics logger plus the recipe's own `callbacks:` components."""
     return [_MetricsCallback(ctx)] + [build_component(spec) for spec in ctx.callbacks]
@@ -88,6 +107,7 @@ def last_checkpoint(ctx: StageContext) -> str | None:
 
 def train(ctx: StageContext, trainer: Any) -> dict[str, Any]:
     """Run `trainer.train()`, resuming when the stage was interrupted with this config; return final metrics."""
+    _quiet_progress(trainer)
     resume_from = last_checkpoint(ctx) if ctx.resume else None
     if resume_from:
         step = int(Path(resume_from).name.split("-")[1])

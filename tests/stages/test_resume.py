@@ -1,0 +1,94 @@
+"""Resume on a 2-stage recipe (pretrain -> sft): skip when done, re-run what changed, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, read_metrics, write_recipe
+from tests.stages.conftest import run_recipe, sample
+
+
+def two_stages(model: Path, sft_lr: float = 1e-3, cpt_lr: float = 1e-3) -> list[dict]:
+    return [
+        {"id": "cpt", "kind": "pretrain",
+         "inputs": {"model": str(model), "corpus": sample("corpus.jsonl")},
+         "args": {"max_length": 64, "num_documents": 200},
+         "trainer": {"max_steps": 4, "learning_rate": cpt_lr}},
+        {"id": "sft", "kind": "sft",
+         "inputs": {"model": "$cpt.model", "data": sample("dialogues.jsonl")},
+         "args": {"num_samples": 64},
+         "trainer": {"max_steps": 4, "learning_rate": sft_lr, "max_length": 256}},
+    ]
+
+
+def manifests(tmp_path: Path) -> dict[str, bytes]:
+    return {s: (tmp_path / "run" / s / "manifest.json").read_bytes() for s in ("cpt", "sft")}
+
+
+def test_second_run_skips_both_and_a_changed_arg_reruns_only_what_depends_on_it(tmp_path, tiny_model, caplog):
+    assert run_recipe(tmp_path, two_stages(tiny_model)) == 0
+    first = manifests(tmp_path)
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="rlmed"):
+        assert run_recipe(tmp_path, two_stages(tiny_model)) == 0
+    assert manifests(tmp_path) == first
+    assert "stage cpt (pretrain): skipped, up to date" in caplog.text
+    assert "stage sft (sft): skipped, up to date" in caplog.text
+
+    assert run_recipe(tmp_path, two_stages(tiny_model, sft_lr=5e-4)) == 0  # only sft changed
+    second = manifests(tmp_path)
+    assert second["cpt"] == first["cpt"] and second["sft"] != first["sft"]
+
+    assert run_recipe(tmp_path, two_stages(tiny_model, sft_lr=5e-4, cpt_lr=5e-4)) == 0  # cpt, so both
+    third = manifests(tmp_path)
+    assert third["cpt"] != second["cpt"] and third["sft"] != second["sft"]
+    reason = json.loads(third["sft"])["input_hashes"]["model"]
+    assert reason != json.loads(second["sft"])["input_hashes"]["model"]
+
+
+def test_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, tiny_model):
+    stages = [{
+        "id": "cpt", "kind": "pretrain",
+        "inputs": {"model": str(tiny_model), "corpus": sample("corpus.jsonl")},
+        "args": {"max_length": 64, "validation_fraction": 0},
+        "trainer": {"max_steps": 12, "save_steps": 5, "learning_rate": 1e-3},
+        "callbacks": [{"_component_": "tests.helpers.callbacks.KillAfterCheckpoint", "step": 10}],
+    }]
+    recipe = write_recipe(tmp_path / "recipe.yaml", {"name": "kill", "run_dir": str(tmp_path / "run"), "stages": stages})
+    command = [sys.executable, str(ROOT / "rlmed" / "run.py"), str(recipe)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLMED_TEST_KILL": "1"}
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    stage_dir = tmp_path / "run" / "cpt"
+    assert not (stage_dir / "manifest.json").exists()
+    assert (stage_dir / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists()
+
+    env.pop("RLMED_TEST_KILL")
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr and "checkpoint-10 (step 10)" in resumed.stderr
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    assert manifest["resumed"] is True and manifest["metrics"]["resumed_from_step"] == 10
+    assert manifest["metrics"]["global_step"] == 12
+    steps = [r["step"] for r in read_metrics(stage_dir) if "loss" in r]
+    assert steps == list(range(1, 13))  # steps 11-12 once, from the resumed run; nothing duplicated
+
+
+def test_changed_config_after_a_crash_starts_over(tmp_path, tiny_model):
+    stages = two_stages(tiny_model)[:1]
+    stages[0]["trainer"].update({"max_steps": 6, "save_steps": 3})
+    assert run_recipe(tmp_path, stages) == 0
+    stage_dir = tmp_path / "run" / "cpt"
+    (stage_dir / "manifest.json").unlink()  # as if it had crashed after its checkpoints
+    stages[0]["trainer"]["learning_rate"] = 5e-4
+    assert run_recipe(tmp_path, stages) == 0
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    assert manifest["resumed"] is False and "resumed_from_step" not in manifest["metrics"]

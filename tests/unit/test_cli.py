@@ -1,0 +1,48 @@
+"""The command line: dry runs of the shipped recipes, exit codes, the script entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from rlmed.cli import main
+from tests.conftest import ROOT
+
+PEDIATRICS_DATA = {"data/peds_corpus.jsonl", "data/general_corpus.jsonl", "data/peds_qa.jsonl",
+                   "data/peds_sft.jsonl", "data/general_sft.jsonl", "data/peds_behaviour.jsonl"}
+
+
+def test_pediatrics_dry_run_reports_only_the_absent_user_data_files(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert main(["run", "recipes/pediatrics.yaml", "--dry-run"]) == 2
+    problems = [line.strip() for line in capsys.readouterr().err.splitlines()[1:] if line.strip()]
+    assert len(problems) == len(PEDIATRICS_DATA), problems
+    reported = set()
+    for line in problems:
+        assert line.startswith("recipes/pediatrics.yaml: stage '") and ": data file not found: '" in line, line
+        reported.add(line.split("data file not found: '")[1].split("'")[0])
+    assert reported == PEDIATRICS_DATA  # the 7B Hub id, the DeepSpeed config, every trainer field: all fine
+
+
+def test_tiny_dry_run_plans_every_stage_and_loads_nothing(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(ROOT)
+    assert main(["run", "recipes/tiny.yaml", "--dry-run", "--run-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    for line in ("[run] base (tiny_model): not run yet", "[run] cpt (pretrain): upstream stage base re-runs",
+                 "[run] sft (sft): upstream stage cpt re-runs", f"in  model: {tmp_path / 'run' / 'base' / 'model'}"):
+        assert line in out
+    assert "weight 2" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_script_entry_accepts_local_rank_and_dry_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "rlmed" / "run.py"), "recipes/tiny.yaml", "--dry-run", "--local_rank=0",
+         "--run-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "[run] sft (sft)" in result.stdout
+
+
+def test_missing_recipe_file_exits_2(capsys):
+    assert main(["run", "no/such/recipe.yaml"]) == 2
+    assert "no/such/recipe.yaml: recipe file not found" in capsys.readouterr().err
