@@ -47,6 +47,7 @@ class StageSpec:
     outputs: dict[str, str]  # output name -> path relative to the stage folder
     run: Callable[["StageContext", dict[str, Any], Any], dict[str, Any] | None]
     trainer_config: str | None = None  # dotted path of the config class `trainer:` fields are checked against
+    ranks: Literal["all", "main"] = "all"  # "main": runs on the main rank only while the others wait
     doc: str = ""
 
 

@@ -54,12 +54,20 @@ def test_second_run_skips_both_and_a_changed_arg_reruns_only_what_depends_on_it(
     assert reason != json.loads(second["sft"])["input_hashes"]["model"]
 
 
-def test_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, tiny_model):
+KILLED_STAGES = {
+    "pretrain": {"inputs": {"corpus": sample("corpus.jsonl")}, "args": {"max_length": 64}},
+    "sft": {"inputs": {"data": sample("dialogues.jsonl")}, "args": {}, "trainer": {"max_length": 256}},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KILLED_STAGES))
+def test_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, tiny_model, kind):
+    spec = KILLED_STAGES[kind]
     stages = [{
-        "id": "cpt", "kind": "pretrain",
-        "inputs": {"model": str(tiny_model), "corpus": sample("corpus.jsonl")},
-        "args": {"max_length": 64, "validation_fraction": 0},
-        "trainer": {"max_steps": 12, "save_steps": 5, "learning_rate": 1e-3},
+        "id": "cpt", "kind": kind,
+        "inputs": {"model": str(tiny_model), **spec["inputs"]},
+        "args": {**spec["args"], "validation_fraction": 0},
+        "trainer": {"max_steps": 12, "save_steps": 5, "learning_rate": 1e-3, **spec.get("trainer", {})},
         "callbacks": [{"_component_": "tests.helpers.callbacks.KillAfterCheckpoint", "step": 10}],
     }]
     recipe = write_recipe(tmp_path / "recipe.yaml", {"name": "kill", "run_dir": str(tmp_path / "run"), "stages": stages})

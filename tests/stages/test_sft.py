@@ -77,3 +77,10 @@ def test_hub_id_model_fails_clearly_at_load_time(tmp_path, capsys):
     assert run_recipe(tmp_path, stages) == 1
     err = capsys.readouterr().err
     assert "'Qwen/Qwen2.5-0.5B-Instruct' is not a local folder" in err and "point the recipe at DIR" in err
+
+
+def test_hub_dataset_id_fails_clearly_at_load_time(tmp_path, tiny_model, capsys):
+    stages = [{"id": "sft", "kind": "sft", "inputs": {"model": str(tiny_model), "data": "someorg/peds-dialogues"}}]
+    assert run_recipe(tmp_path, stages) == 1
+    err = capsys.readouterr().err
+    assert "someorg/peds-dialogues: not a local file, and the Hub dataset could not be loaded" in err

@@ -69,17 +69,37 @@ def test_template_that_rewrites_earlier_turns_is_refused(tiny_tokenizer):
         tokenize_dialogue(tiny_tokenizer, DIALOGUE)
 
 
-def test_sft_trainer_builds_labels_from_rlmed_masks(tiny_model, tiny_tokenizer, tmp_path):
-    """trl turns our masks into labels: -100 everywhere except assistant tokens (guards against trl changes)."""
+def sft_trainer(tiny_model, tiny_tokenizer, tmp_path, dataset, **config):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", bf16=False, use_cpu=True, **config)
+    return SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args,
+                      train_dataset=dataset, processing_class=tiny_tokenizer)
+
+
+def test_sft_trainer_builds_labels_from_rlmed_masks(tiny_model, tiny_tokenizer, tmp_path):
+    """trl turns our masks into labels: -100 everywhere except assistant tokens (guards against trl changes)."""
     from rlmed.stages.sft import tokenize_all
 
     dataset = tokenize_all(tiny_tokenizer, [DIALOGUE, DIALOGUE[:2]], "train")
-    config = SFTConfig(output_dir=str(tmp_path), max_length=512, report_to="none", bf16=False, use_cpu=True)
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=config,
-                         train_dataset=dataset, processing_class=tiny_tokenizer)
-    for row, prepared in zip(dataset, trainer.train_dataset):
+    trainer = sft_trainer(tiny_model, tiny_tokenizer, tmp_path, dataset, max_length=512)
+    for row, prepared in zip(dataset, trainer.train_dataset, strict=True):
         expected = [t if m else -100 for t, m in zip(row["input_ids"], row["assistant_masks"])]
         assert prepared["labels"] == expected
+
+
+def test_packed_sft_keeps_exactly_the_assistant_labels(tiny_model, tiny_tokenizer, tmp_path):
+    """With trl's packing the rows are merged, but the trained tokens are the same assistant tokens."""
+    from collections import Counter
+
+    from rlmed.stages.sft import tokenize_all
+
+    dialogues = [DIALOGUE, DIALOGUE[:2], DIALOGUE[2:], DIALOGUE] * 3
+    dataset = tokenize_all(tiny_tokenizer, dialogues, "train")
+    trainer = sft_trainer(tiny_model, tiny_tokenizer, tmp_path, dataset, max_length=256, packing=True)
+    packed = trainer.train_dataset
+    assert len(packed) < len(dataset)  # rows really were packed together
+    expected = Counter(t for row in dataset for t, m in zip(row["input_ids"], row["assistant_masks"]) if m)
+    trained = Counter(t for row in packed for t in row["labels"] if t != -100)
+    assert trained == expected
