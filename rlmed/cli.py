@@ -30,11 +30,15 @@ def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def setup_logging(verbose: bool = False) -> None:
     """One stderr handler on the root logger, added once; handlers others installed are left alone."""
+    from rlmed import dist
+
     root = logging.getLogger()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Other ranks say only what goes wrong, unless asked: N copies of every line help nobody.
+    root.setLevel(logging.DEBUG if verbose else logging.INFO if dist.is_main() else logging.WARNING)
+    rank = f" [rank {dist.rank()}/{dist.world_size()}]" if dist.world_size() > 1 else ""
     if not any(getattr(h, "_rlmed", False) for h in root.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"%(asctime)s{rank} %(levelname)s %(name)s: %(message)s"))
         handler._rlmed = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "torch.distributed"):

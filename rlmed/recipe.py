@@ -19,7 +19,7 @@ import yaml
 
 from rlmed.components import check_component, import_object, is_component, ComponentError
 from rlmed.config_types import ConfigTypeError, coerce, field_types, required_fields, type_name
-from rlmed.inputs import Ref, parse_ref, validate_inputs
+from rlmed.inputs import Ref, parse_ref, resolve_local, validate_inputs
 from rlmed.stages import UnknownStageKind, get_spec
 from rlmed.stages.base import StageSpec
 
@@ -191,7 +191,7 @@ def _parse_stage(raw: Any, index: int, path: Path, defaults: dict, specs: dict[s
 
     inputs = validate_inputs(raw.get("inputs"), spec, where, path, specs, problems)
     args = _parse_args(raw.get("args"), spec, where, defaults, used_defaults, problems)
-    trainer = _parse_trainer(raw.get("trainer"), spec, where, defaults, used_defaults, problems)
+    trainer = _parse_trainer(raw.get("trainer"), spec, where, defaults, used_defaults, problems, path)
     callbacks = _parse_callbacks(raw.get("callbacks"), spec, where, problems)
     if stage_id not in specs and not stage_id.startswith("#"):
         specs[stage_id] = spec
@@ -241,7 +241,7 @@ def _parse_args(raw: Any, spec: StageSpec, where: str, defaults: dict, used_defa
 
 
 def _parse_trainer(raw: Any, spec: StageSpec, where: str, defaults: dict, used_defaults: set[str],
-                   problems: list[str]) -> dict[str, Any]:
+                   problems: list[str], recipe_path: Path) -> dict[str, Any]:
     if spec.trainer_config is None:
         if raw:
             problems.append(f"{where}: trainer: stage kind '{spec.kind}' does not train; remove this block")
@@ -269,7 +269,26 @@ def _parse_trainer(raw: Any, spec: StageSpec, where: str, defaults: dict, used_d
             values[key] = coerce(value, types[key])
         except ConfigTypeError as exc:
             problems.append(f"{where}: trainer.{key}: {exc}")
+    if isinstance(values.get("deepspeed"), str):
+        found = _deepspeed_config(values["deepspeed"], recipe_path)
+        if found is None:
+            source = "trainer" if "deepspeed" in (raw or {}) else "defaults"
+            problems.append(f"{where}: {source}.deepspeed: DeepSpeed config '{values['deepspeed']}' not found "
+                            f"(looked in the current directory, next to the recipe and in {PROJECT_ROOT})")
+        else:
+            values["deepspeed"] = str(found)
     return values
+
+
+# The checkout rlmed runs from, where ds_configs/ lives: `deepspeed: ds_configs/zero3.json` works from anywhere.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _deepspeed_config(value: str, recipe_path: Path) -> Path | None:
+    found = resolve_local(value, recipe_path)
+    if found is None and (PROJECT_ROOT / value).is_file():
+        found = PROJECT_ROOT / value
+    return found if found is not None and found.is_file() else None
 
 
 def _parse_callbacks(raw: Any, spec: StageSpec, where: str, problems: list[str]) -> list[dict[str, Any]]:

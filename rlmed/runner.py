@@ -12,7 +12,7 @@ with the same fingerprint its checkpoints are resumed; otherwise the folder is c
 
 from __future__ import annotations
 
-import gc
+import json
 import logging
 import shutil
 import time
@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rlmed import __version__
+from rlmed import __version__, dist
 from rlmed.artifacts import (
     MANIFEST, STARTED, HashCache, atomic_write_json, git_revision, manifest_hash, package_versions,
     read_manifest, stable_hash,
@@ -61,6 +61,9 @@ class Runner:
             if value is not None and value not in ids:
                 raise RunError(f"{flag} {value}: no such stage in {recipe.path} (stages: {', '.join(ids)})")
         self.hashes = HashCache(self.run_dir / ".rlmed" / "hash_cache.json")
+        if any(dist.uses_deepspeed(s.trainer) for s in recipe.stages):
+            dist.ensure_single_process_env()
+        dist.init()
 
     # --- where things are -------------------------------------------------------------------------
     def stage_dir(self, stage_id: str) -> Path:
@@ -157,7 +160,8 @@ class Runner:
 
     def run(self) -> list[Planned]:
         plan = self.plan()
-        self.hashes.save()
+        if dist.is_main():
+            self.hashes.save()
         self._check_selection(plan)
         for planned in plan:
             if planned.action == "skip":
@@ -168,21 +172,21 @@ class Runner:
         return plan
 
     def _prepare_dir(self, stage: Stage, fingerprint: dict[str, Any]) -> bool:
-        """Make the stage folder ready; True when an interrupted run of the same config may be resumed."""
+        """Make the stage folder ready (main rank); True on every rank when an interrupted run of the same
+        config may be resumed."""
         stage_dir = self.stage_dir(stage.id)
-        (stage_dir / MANIFEST).unlink(missing_ok=True)
-        started = stage_dir / STARTED
-        try:
-            import json
-
-            resume = json.loads(started.read_text(encoding="utf-8")) == fingerprint
-        except (OSError, ValueError):
-            resume = False
-        if not resume and stage_dir.exists():
-            shutil.rmtree(stage_dir)  # outputs of another config must not mix with this run's
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(started, fingerprint)
-        return resume
+        resume = False
+        if dist.is_main():
+            (stage_dir / MANIFEST).unlink(missing_ok=True)
+            try:
+                resume = json.loads((stage_dir / STARTED).read_text(encoding="utf-8")) == fingerprint
+            except (OSError, ValueError):
+                resume = False
+            if not resume and stage_dir.exists():
+                shutil.rmtree(stage_dir)  # outputs of another config must not mix with this run's
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(stage_dir / STARTED, fingerprint)
+        return bool(dist.broadcast(resume))  # also the barrier: no rank starts before the folder is ready
 
     def execute(self, planned: Planned) -> dict[str, Any]:
         stage = planned.stage
@@ -195,19 +199,25 @@ class Runner:
             recipe_name=self.recipe.name, seed=seed, trainer=dict(stage.trainer), callbacks=stage.callbacks,
             outputs=planned.outputs, resume=resume,
         )
-        handler = logging.FileHandler(stage_dir / "stage.log", encoding="utf-8")
+        log_name = "stage.log" if dist.world_size() == 1 else f"stage.rank{dist.rank()}.log"
+        handler = logging.FileHandler(stage_dir / log_name, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
         started_at = datetime.now(timezone.utc)
         t0 = time.monotonic()
         try:
-            metrics = stage.spec.run(ctx, planned.inputs, stage.args) or {}
+            runs_here = stage.spec.ranks == "all" or dist.is_main()
+            metrics = (stage.spec.run(ctx, planned.inputs, stage.args) or {}) if runs_here else {}
         except Exception as exc:
-            raise RunError(f"stage '{stage.id}' ({stage.kind}) failed: {type(exc).__name__}: {exc}") from exc
+            where = f" on rank {dist.rank()}" if dist.world_size() > 1 else ""
+            raise RunError(f"stage '{stage.id}' ({stage.kind}) failed{where}: {type(exc).__name__}: {exc}") from exc
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
-            gc.collect()  # free the stage's models before the next one loads its own
+            dist.reset_process_state()  # free the stage's models and DeepSpeed/accelerate state
+        if not dist.is_main():
+            dist.barrier()  # the main rank writes the manifest; nobody starts the next stage before it exists
+            return {}
         missing = [f"{name} ({path})" for name, path in planned.outputs.items() if not path.exists()]
         if missing:
             raise RunError(f"stage '{stage.id}' ({stage.kind}) finished without writing its output {', '.join(missing)}")
@@ -225,12 +235,14 @@ class Runner:
             "versions": {**package_versions(), "rlmed": __version__},
             "git": git_revision(self.recipe.path),
             "resumed": resume,
+            "world_size": dist.world_size(),
             "started_at": started_at.isoformat(),
             "ended_at": datetime.now(timezone.utc).isoformat(),
             "duration_s": round(duration, 3),
         }
         atomic_write_json(stage_dir / MANIFEST, manifest)
         self.hashes.save()
+        dist.barrier()
         shown = [k for k in SUMMARY_KEYS if k in metrics] or [k for k, v in metrics.items() if isinstance(v, (int, float))]
         summary = ", ".join(f"{k}={_short(metrics[k])}" for k in shown)
         logger.info("stage %s (%s) done in %.1fs%s; outputs in %s", stage.id, stage.kind, duration,

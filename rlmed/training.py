@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rlmed import dist
 from rlmed.components import build_component, import_object
 from rlmed.stages.base import StageContext
 
@@ -50,6 +51,10 @@ def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **stage_
         fields["bf16"] = False
         fields["fp16"] = False
         fields.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator; it only warns here
+        if dist.world_size() > 1 and not fields.get("deepspeed"):
+            # Without DeepSpeed, accelerate takes CPU ranks for one process each (each would train alone);
+            # use_cpu makes them one data-parallel (gloo) job.
+            fields.setdefault("use_cpu", True)
     config_cls = import_object(config_path)
     return config_cls(**fields)
 
@@ -133,6 +138,11 @@ def train(ctx: StageContext, trainer: Any) -> dict[str, Any]:
 
 
 def save_model(trainer: Any, tokenizer: Any, out_dir: Path) -> None:
-    """The stage's `model` artifact: a folder any later stage (or transformers) loads by path."""
+    """The stage's `model` artifact: a folder any later stage (or transformers) loads by path.
+
+    Every rank calls this: under ZeRO-3 the full weights are gathered from all ranks (the shipped configs set
+    stage3_gather_16bit_weights_on_model_save), and the Trainer writes them from the main rank only.
+    """
     trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    if dist.is_main():
+        tokenizer.save_pretrained(str(out_dir))

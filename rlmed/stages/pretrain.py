@@ -98,9 +98,10 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
                  "%d tokens dropped at the tail", len(train_docs), from_instructions, train_pack.num_tokens,
                  len(train_pack.blocks), args.max_length, train_pack.dropped_tokens)
 
-    model = load_causal_lm(inputs["model"], dtype=args.dtype)
     config = training.trainer_config(ctx, "transformers.TrainingArguments", has_eval=eval_set is not None,
                                      per_device_train_batch_size=8, learning_rate=5e-5, num_train_epochs=1)
+    # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
+    model = load_causal_lm(inputs["model"], dtype=args.dtype)
     # Blocks are all max_length long, so no padding and no collator masking: labels are the inputs.
     trainer = Trainer(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=default_data_collator, processing_class=tokenizer,

@@ -75,10 +75,11 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     eval_set = tokenize_all(tokenizer, eval_rows, "validation") if eval_rows else None
     ctx.log.info("sft data: %d train dialogues, %d validation", len(train_rows), len(eval_rows))
 
-    model = load_causal_lm(inputs["model"], dtype=args.dtype)
     config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=eval_set is not None,
                                      per_device_train_batch_size=8, learning_rate=2e-5, num_train_epochs=1,
                                      max_length=1024)
+    # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
+    model = load_causal_lm(inputs["model"], dtype=args.dtype)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer, callbacks=training.callbacks(ctx))
     metrics = training.train(ctx, trainer)

@@ -57,5 +57,6 @@ SPEC = StageSpec(
     inputs={"texts": Input("data", many=True, doc="texts the tokenizer is trained on (any supported format)")},
     outputs={"model": "model"},
     run=run,
+    ranks="main",  # a cheap, deterministic build: one rank writes it, the others use the folder
     doc=__doc__,
 )

@@ -70,3 +70,11 @@ def test_metrics_log_keeps_non_finite_values_visible(tmp_path):
     log = MetricsLog(tmp_path / "metrics.jsonl")
     log.log({"loss": float("nan")}, step=1)
     assert log.read() == [{"step": 1, "loss": "nan"}]
+
+
+def test_atomic_write_gives_the_umask_mode_not_owner_only(tmp_path):
+    target = tmp_path / "manifest.json"
+    atomic_write_json(target, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

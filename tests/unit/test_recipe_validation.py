@@ -225,3 +225,17 @@ def test_weights_on_some_sources_only(files):
     stages[1]["inputs"]["data"] = [{"path": "sft.jsonl", "weight": 2}, "sft.jsonl"]
     line = one_problem(files, {"name": "x", "stages": stages})
     assert "inputs.data: give a weight to every data source or to none" in line
+
+
+def test_missing_deepspeed_config(files):
+    line = one_problem(files, {"name": "x", "defaults": {"deepspeed": "ds_configs/zero9.json"}, "stages": base_stages()})
+    assert "stage 'sft': defaults.deepspeed: DeepSpeed config 'ds_configs/zero9.json' not found" in line
+
+
+def test_shipped_deepspeed_config_resolves_from_anywhere(files, monkeypatch):
+    monkeypatch.chdir(files)  # not the project root
+    stages = base_stages()
+    stages[1]["trainer"] = {"deepspeed": "ds_configs/zero3.json"}
+    recipe = load_recipe(write_recipe(files / "recipe.yaml", {"name": "x", "stages": stages}))
+    deepspeed = Path(recipe.stage("sft").trainer["deepspeed"])
+    assert deepspeed.is_absolute() and deepspeed.parent.name == "ds_configs" and deepspeed.is_file()
