@@ -2,7 +2,9 @@
 
 Forms accepted for an input:
 - model / file: `path`, `org/name` (a Hub id), or `$stage.output`
-- data: one of those, or a list whose items are those or `{path, weight, format}` mappings (mixed by weight)
+- data: one of those, or a list whose items are those or `{path, weight, format, columns, on_bad_rows}`
+  mappings (mixed by weight; `columns` renames the user's columns to rlmed's fields, `on_bad_rows: skip` drops
+  and counts rows that fail conversion instead of stopping the stage)
 
 A Hub-style id that is not a local path is accepted here and only fails, with a clear message, when the
 stage loads it and no hub is reachable. A path that looks like a file (has a data/model file extension or
@@ -14,16 +16,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from rlmed.data.formats import FORMATS as DATA_FORMATS
+from rlmed.data.formats import SOURCE_FORMATS as DATA_FORMATS
 from rlmed.stages.base import DataSource, Input, StageSpec
 
 REF_PATTERN = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 FILE_SUFFIXES = {".jsonl", ".json", ".txt", ".csv", ".tsv", ".parquet", ".arrow", ".yaml", ".yml",
                  ".safetensors", ".bin", ".pt", ".jinja", ".md"}
-DATA_SOURCE_KEYS = {"path", "weight", "format"}
+DATA_SOURCE_KEYS = ("path", "weight", "format", "columns", "on_bad_rows")
+ON_BAD_ROWS = ("fail", "skip")
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,10 @@ def _data_sources(value: Any, declared: Input, where: str, recipe_path: Path, ea
     for i, item in enumerate(items):
         here = f"{where}[{i}]" if isinstance(value, list) else where
         spec = item if isinstance(item, dict) else {"path": item}
-        unknown = set(spec) - DATA_SOURCE_KEYS
+        unknown = set(spec) - set(DATA_SOURCE_KEYS)
         if unknown:
             problems.append(f"{here}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-                            f"(a data source takes: path, weight, format)")
+                            f"(a data source takes: {', '.join(DATA_SOURCE_KEYS)})")
             continue
         path = spec.get("path")
         weight = spec.get("weight")
@@ -145,19 +148,27 @@ def _data_sources(value: Any, declared: Input, where: str, recipe_path: Path, ea
         if fmt is not None and fmt not in DATA_FORMATS:
             problems.append(f"{here}.format: expected one of {', '.join(DATA_FORMATS)}, got {fmt!r}")
             continue
+        columns = _columns(spec.get("columns"), f"{here}.columns", problems)
+        on_bad_rows = spec.get("on_bad_rows", "fail")
+        if on_bad_rows not in ON_BAD_ROWS:
+            problems.append(f"{here}.on_bad_rows: expected one of {', '.join(ON_BAD_ROWS)}, got {on_bad_rows!r}")
+            continue
+        if columns is False:
+            continue
+        extra = {"columns": columns, "on_bad_rows": on_bad_rows}
         if not isinstance(path, str) or not path.strip():
             problems.append(f"{here}: expected a data file path, a Hub dataset id or $stage.output")
             continue
         ref = parse_ref(path)
         if ref is not None:
             _check_ref(ref, here, earlier, problems)
-            sources.append(DataSource(path=ref, weight=weight, format=fmt))  # type: ignore[arg-type]
+            sources.append(DataSource(path=ref, weight=weight, format=fmt, **extra))  # type: ignore[arg-type]
             continue
         local = resolve_local(path, recipe_path)
         if local is not None:
-            sources.append(DataSource(path=str(local), weight=weight, format=fmt))
+            sources.append(DataSource(path=str(local), weight=weight, format=fmt, **extra))
         elif looks_like_hub_id(path):
-            sources.append(DataSource(path=path, weight=weight, format=fmt, is_local=False))
+            sources.append(DataSource(path=path, weight=weight, format=fmt, is_local=False, **extra))
         else:
             problems.append(f"{here}: data file not found: '{path}' (relative paths are looked up in the current "
                             f"directory, then next to the recipe)")
@@ -167,3 +178,23 @@ def _data_sources(value: Any, declared: Input, where: str, recipe_path: Path, ea
     elif sources and all(weighted) and not any(s.weight for s in sources):
         problems.append(f"{where}: all weights are 0; at least one source needs a positive weight")
     return sources
+
+
+def _columns(value: Any, where: str, problems: list[str]) -> dict[str, str] | None | Literal[False]:
+    """A data source's `columns:` ({rlmed field: user column}); False (with a problem line) when malformed."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        got = "an empty mapping" if isinstance(value, dict) else type(value).__name__
+        problems.append(f"{where}: expected a mapping of rlmed field name to your column name "
+                        f"(e.g. {{instruction: question, output: answer}}), got {got}")
+        return False
+    for field_name, column in value.items():
+        if not isinstance(field_name, str) or not field_name.strip():
+            problems.append(f"{where}: field name {field_name!r}: expected a non-empty string")
+            return False
+        if not isinstance(column, str) or not column.strip():
+            problems.append(f"{where}.{field_name}: expected your column's name (a non-empty string), "
+                            f"got {type(column).__name__} {column!r}")
+            return False
+    return dict(value)

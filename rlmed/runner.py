@@ -12,6 +12,7 @@ with the same fingerprint its checkpoints are resumed; otherwise the folder is c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -81,7 +82,7 @@ class Runner:
         for name, value in stage.inputs.items():
             if isinstance(value, list):
                 resolved[name] = [
-                    DataSource(self._ref_path(s.path), s.weight, s.format) if isinstance(s.path, Ref) else s
+                    dataclasses.replace(s, path=self._ref_path(s.path)) if isinstance(s.path, Ref) else s
                     for s in value
                 ]
             elif isinstance(value, Ref):
@@ -254,7 +255,9 @@ def _describe(value: Any) -> Any:
     if isinstance(value, list):
         return [_describe(v) for v in value]
     if isinstance(value, DataSource):
-        return {"path": str(value.path), "weight": value.weight, "format": value.format}
+        described = dataclasses.asdict(value)
+        described["path"] = str(value.path)
+        return described
     return str(value)
 
 

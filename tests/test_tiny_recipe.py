@@ -19,10 +19,13 @@ def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
 
-    for stage, kind in (("base", "tiny_model"), ("cpt", "pretrain"), ("sft", "sft")):
+    for stage, kind in (("base", "tiny_model"), ("kb", "kb_instructions"), ("cpt", "pretrain"), ("sft", "sft")):
         manifest = json.loads((tmp_path / "run" / stage / "manifest.json").read_text())
         assert manifest["kind"] == kind
-        assert (tmp_path / "run" / stage / "model" / "model.safetensors").exists()
+        if kind != "kb_instructions":
+            assert (tmp_path / "run" / stage / "model" / "model.safetensors").exists()
+    kb = json.loads((tmp_path / "run" / "kb" / "manifest.json").read_text())["metrics"]
+    assert kb["pairs_written"] == 2 * 16 + 3 * 20  # two drug templates x 16 drugs, three disease ones x 20
     for stage, fraction in LOSS_FRACTION.items():
         losses = [r["loss"] for r in read_metrics(tmp_path / "run" / stage) if "loss" in r]
         assert losses[-1] < fraction * losses[0], (stage, losses[0], losses[-1])
@@ -31,4 +34,4 @@ def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
 
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0
-    assert second.stderr.count("skipped, up to date") == 3
+    assert second.stderr.count("skipped, up to date") == 4

@@ -3,6 +3,6 @@
 Everything here is pure Python so it imports quickly (no torch/transformers).
 """
 
-from rlmed.data.records import DataError, Record, read_records
+from rlmed.data.records import DataError, Record, read_records, scan_records
 
-__all__ = ["DataError", "Record", "read_records"]
+__all__ = ["DataError", "Record", "read_records", "scan_records"]

@@ -19,13 +19,19 @@ from rlmed.data.records import Record, progress_disabled, read_records, type_nam
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "detect_format", "as_messages", "as_text", "load_messages", "load_texts"]
+__all__ = ["FORMATS", "SOURCE_FORMATS", "detect_format", "as_messages", "as_text", "load_messages", "load_texts",
+           "require_string", "optional_string", "check_order", "describe_keys"]
 
 FORMATS = ("text", "alpaca", "sharegpt", "messages")
 DIALOGUE_FORMATS = ("alpaca", "sharegpt", "messages")
+# Formats of whole inputs rather than of single rows: preference pairs (rlmed.data.pairwise) and prompts with
+# the real doctor's reply (rlmed.data.dialogues). A recipe's `format:` may name any of SOURCE_FORMATS.
+PAIRWISE = "pairwise"
+DOCTOR = "doctor"
+SOURCE_FORMATS = FORMATS + (PAIRWISE, DOCTOR)
 
 ROLES = ("system", "user", "assistant")
-_SHAREGPT_ROLES = {
+SHAREGPT_ROLES = {
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant",
     "system": "system",
@@ -55,23 +61,27 @@ def detect_format(row: dict) -> str | None:
     return None
 
 
-def _keys(row: dict) -> str:
+def describe_keys(row: dict) -> str:
     return ", ".join(f"'{k}'" for k in row) if row else "no keys"
 
 
 def _resolve(record: Record, fmt: str | None) -> str:
+    if fmt in (PAIRWISE, DOCTOR):
+        # A recipe fed pairs or doctor prompts to an input that reads dialogues or text: the user's to fix.
+        raise record.error(f"format '{fmt}' rows cannot be used here; this input takes "
+                           f"{', '.join(FORMATS)} rows")
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
     found = fmt or detect_format(record.row)
     if found is None:
         raise record.error(
-            f"cannot detect the data format: found keys {_keys(record.row)}; "
+            f"cannot detect the data format: found keys {describe_keys(record.row)}; "
             f"expected {_EXPECTED_ANY}"
         )
     return found
 
 
-def _string(record: Record, value: Any, label: str, *, allow_empty: bool = False) -> str:
+def require_string(record: Record, value: Any, label: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise record.error(f"{label} must be a string, got {type_name(value)}")
     if not allow_empty and not value.strip():
@@ -92,12 +102,12 @@ def _list_field(record: Record, key: str, fmt: str) -> list:
     return value
 
 
-def _optional_string(record: Record, key: str) -> str:
+def optional_string(record: Record, key: str) -> str:
     """An optional text field: absent, null and empty all mean 'not given'."""
     value = record.row.get(key)
     if value is None:
         return ""
-    return _string(record, value, f"field '{key}'", allow_empty=True)
+    return require_string(record, value, f"field '{key}'", allow_empty=True)
 
 
 def _from_messages(record: Record) -> tuple[list[dict], list[str]]:
@@ -115,7 +125,7 @@ def _from_messages(record: Record) -> tuple[list[dict], list[str]]:
             raise record.error(f"{label}.role must be a string, got {type_name(role)}")
         if role not in ROLES:
             raise record.error(f"{label}.role '{role}' is not one of {', '.join(ROLES)}")
-        content = _string(record, item["content"], f"{label}.content")
+        content = require_string(record, item["content"], f"{label}.content")
         messages.append({"role": role, "content": content})
         labels.append(label)
     return messages, labels
@@ -124,7 +134,7 @@ def _from_messages(record: Record) -> tuple[list[dict], list[str]]:
 def _from_sharegpt(record: Record) -> tuple[list[dict], list[str]]:
     items = _list_field(record, "conversations", "sharegpt")
     messages, labels = [], []
-    system = _optional_string(record, "system")
+    system = optional_string(record, "system")
     if system.strip():
         messages.append({"role": "system", "content": system})
         labels.append("field 'system'")
@@ -138,21 +148,21 @@ def _from_sharegpt(record: Record) -> tuple[list[dict], list[str]]:
         speaker = item["from"]
         if not isinstance(speaker, str):
             raise record.error(f"{label}.from must be a string, got {type_name(speaker)}")
-        if speaker not in _SHAREGPT_ROLES:
+        if speaker not in SHAREGPT_ROLES:
             raise record.error(
-                f"{label}.from '{speaker}' is not one of {', '.join(_SHAREGPT_ROLES)}"
+                f"{label}.from '{speaker}' is not one of {', '.join(SHAREGPT_ROLES)}"
             )
-        content = _string(record, item["value"], f"{label}.value")
-        messages.append({"role": _SHAREGPT_ROLES[speaker], "content": content})
+        content = require_string(record, item["value"], f"{label}.value")
+        messages.append({"role": SHAREGPT_ROLES[speaker], "content": content})
         labels.append(label)
     return messages, labels
 
 
 def _from_alpaca(record: Record, with_output: bool) -> tuple[list[dict], list[str]]:
-    instruction = _string(record, _field(record, "instruction", "alpaca"), "field 'instruction'")
-    extra = _optional_string(record, "input")
+    instruction = require_string(record, _field(record, "instruction", "alpaca"), "field 'instruction'")
+    extra = optional_string(record, "input")
     messages, labels = [], []
-    system = _optional_string(record, "system")
+    system = optional_string(record, "system")
     if system.strip():
         messages.append({"role": "system", "content": system})
         labels.append("field 'system'")
@@ -166,19 +176,19 @@ def _from_alpaca(record: Record, with_output: bool) -> tuple[list[dict], list[st
                 raise record.error(f"history[{i}] must be a pair [user, assistant], got {got}")
             for j, role in enumerate(("user", "assistant")):
                 label = f"history[{i}][{j}]"
-                messages.append({"role": role, "content": _string(record, pair[j], label)})
+                messages.append({"role": role, "content": require_string(record, pair[j], label)})
                 labels.append(label)
     user = instruction + ("\n" + extra if extra.strip() else "")
     messages.append({"role": "user", "content": user})
     labels.append("field 'instruction'")
     if with_output:
-        output = _string(record, _field(record, "output", "alpaca"), "field 'output'")
+        output = require_string(record, _field(record, "output", "alpaca"), "field 'output'")
         messages.append({"role": "assistant", "content": output})
         labels.append("field 'output'")
     return messages, labels
 
 
-def _check_order(
+def check_order(
     record: Record, messages: list[dict], labels: list[str], require_final_assistant: bool
 ) -> None:
     """Enforce: optional system first, then user/assistant alternating from user."""
@@ -223,12 +233,12 @@ def as_messages(
         messages, labels = _from_alpaca(record, with_output=require_final_assistant)
     else:
         raise record.error(
-            f"a {found} row cannot be used as a dialogue: found keys {_keys(record.row)}; "
+            f"a {found} row cannot be used as a dialogue: found keys {describe_keys(record.row)}; "
             f"expected {_EXPECTED_DIALOGUE}"
         )
     if not messages:
         raise record.error("dialogue has no messages")
-    _check_order(record, messages, labels, require_final_assistant)
+    check_order(record, messages, labels, require_final_assistant)
     return messages
 
 
@@ -241,7 +251,7 @@ def as_text(record: Record, fmt: str | None = None) -> str:
     """
     found = _resolve(record, fmt)
     if found == "text":
-        return _string(record, _field(record, "text", "text"), "field 'text'")
+        return require_string(record, _field(record, "text", "text"), "field 'text'")
     messages = as_messages(record, found, require_final_assistant=True)
     return "\n".join(m["content"] for m in messages if m["role"] != "system")
 

@@ -24,11 +24,18 @@ T = TypeVar("T")
 
 @dataclass
 class MixResult(Generic[T]):
-    """Mixed items, the source index of each item, and how many came from each source."""
+    """Mixed items, the source index of each item, and how many came from each source.
+
+    When the rows came from data sources (rlmed.data.sources.load_sources), ``bad_rows`` counts the rows each
+    source with ``on_bad_rows: skip`` dropped (by path) and ``bad_row_reasons`` keeps the first few
+    ``file:line: reason`` messages, for the stage's manifest metrics.
+    """
 
     items: list[T] = field(default_factory=list)
     source_ids: list[int] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
+    bad_rows: dict[str, int] = field(default_factory=dict)
+    bad_row_reasons: list[str] = field(default_factory=list)
 
 
 def _check_weights(weights: Sequence[float], n_sources: int) -> list[float]:

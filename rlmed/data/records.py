@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataError", "Record", "read_records", "type_name", "SUPPORTED_EXTENSIONS"]
+__all__ = ["DataError", "Record", "Row", "read_records", "scan_records", "type_name", "SUPPORTED_EXTENSIONS"]
 
-SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".txt")
+SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".txt", ".parquet", ".csv", ".tsv")
+_EXPECTED_FILES = ".jsonl, .json, .txt, .parquet, .csv, .tsv or a datasets save_to_disk folder"
 
 # Progress bars only help on inputs big enough to take noticeable time; below
 # this they are noise (and would clutter test output).
@@ -55,15 +56,37 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """One row of user data plus the file and 1-based line where it starts."""
+    """One row of user data plus the file and 1-based line where it starts.
+
+    ``columns`` holds the (rlmed field, user column) pairs a recipe's ``columns:`` renamed in this row, so an
+    error about a missing field names the column the user actually has to add (see rlmed.data.columns).
+    """
 
     path: str
     line: int
     row: dict
+    columns: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     def error(self, reason: str) -> DataError:
         """Build a DataError pointing at this record, for the caller to raise."""
+        for internal, user in self.columns:
+            # Converters only know rlmed's field names; the user only knows their own columns.
+            reason, renamed = re.subn(rf"^missing field '{re.escape(internal)}'(?: \((.*?)\))?",
+                                      lambda m: f"missing field '{user}' (mapped to '{internal}' by columns"
+                                                + (f"; {m.group(1)})" if m.group(1) else ")"),
+                                      reason, count=1)
+            if renamed:
+                break
+        absent = [f"'{user}' (for '{internal}')" for internal, user in self.columns if internal not in self.row]
+        if absent and reason.startswith("cannot detect"):
+            # The format was not recognised because a mapped column is missing: say which.
+            reason += f"; mapped column(s) missing in this row: {', '.join(absent)}"
         return DataError(self.path, self.line, reason)
+
+
+# A row as read from a file: its Record, or the DataError saying why that row could not be read (bad JSON on
+# one .jsonl line, a CSV row with too many cells). Kept in place so `on_bad_rows: skip` can drop just that row.
+Row = Record | DataError
 
 
 def type_name(value: Any) -> str:
@@ -81,37 +104,63 @@ def progress_disabled(n: int | None) -> bool | None:
 
 
 def read_records(path: str | Path) -> list[Record]:
-    """Read a ``.jsonl``, ``.json`` (top-level array) or ``.txt`` file into Records.
+    """Read a data file (or a ``datasets`` save_to_disk folder) into Records; the first bad row raises.
 
-    Accepts a UTF-8 BOM and CRLF line endings. Raises DataError for a missing
-    file, unknown extension, undecodable bytes, bad JSON, non-object rows, or a
-    file with no rows at all.
+    Files: ``.jsonl``, ``.json`` (top-level array), ``.txt`` (paragraphs), ``.parquet``, ``.csv``/``.tsv``
+    (header first). Accepts a UTF-8 BOM and CRLF line endings. Raises DataError for a missing file, unknown
+    extension, undecodable bytes, bad JSON, non-object rows, or a file with no rows at all.
     """
+    rows = scan_records(path)
+    for row in rows:
+        if isinstance(row, DataError):
+            raise row
+    return rows  # type: ignore[return-value]  # no DataError left in it
+
+
+def scan_records(path: str | Path) -> list[Row]:
+    """Like :func:`read_records`, but a bad row comes back in place as its DataError instead of raising.
+
+    Only problems of one row are returned this way (an invalid .jsonl line, a non-object item, a CSV row with
+    the wrong number of cells); a file that cannot be read at all (not found, unknown extension, broken .json
+    array, not UTF-8, no rows) still raises, since no row of it can be trusted.
+    """
+    from rlmed.data import tables  # late: tables imports this module
+
     name = str(path)
-    ext = Path(name).suffix.lower()
-    if ext not in SUPPORTED_EXTENSIONS:
-        raise DataError(
-            name, None,
-            f"unsupported data file extension '{ext}'; expected .jsonl, .json or .txt",
-        )
+    if Path(name).is_dir():
+        if not tables.is_saved_dataset(name):
+            raise DataError(name, None, "is a directory, expected a data file or a folder written by datasets' "
+                                        "save_to_disk (with dataset_info.json and state.json, or dataset_dict.json)")
+        rows: list[Row] = tables.read_saved_dataset(name)
+    else:
+        ext = Path(name).suffix.lower()
+        if ext not in SUPPORTED_EXTENSIONS:
+            raise DataError(name, None, f"unsupported data file extension '{ext}'; expected {_EXPECTED_FILES}")
+        if ext == ".parquet":
+            rows = tables.read_parquet(name)
+        else:
+            text = _decode(name, _read_bytes(name))
+            if ext == ".jsonl":
+                rows = _read_jsonl(name, text)
+            elif ext == ".json":
+                rows = _read_json_array(name, text)
+            elif ext in (".csv", ".tsv"):
+                rows = tables.read_delimited(name, text, "\t" if ext == ".tsv" else ",")
+            else:
+                rows = _read_txt(name, text)
+    if not rows:
+        raise DataError(name, None, "no rows")
+    logger.debug("read %d rows from %s", len(rows), name)
+    return rows
+
+
+def _read_bytes(name: str) -> bytes:
     try:
-        raw = Path(name).read_bytes()
+        return Path(name).read_bytes()
     except FileNotFoundError:
         raise DataError(name, None, "file not found") from None
     except IsADirectoryError:
         raise DataError(name, None, "is a directory, expected a data file") from None
-
-    text = _decode(name, raw)
-    if ext == ".jsonl":
-        records = _read_jsonl(name, text)
-    elif ext == ".json":
-        records = _read_json_array(name, text)
-    else:
-        records = _read_txt(name, text)
-    if not records:
-        raise DataError(name, None, "no rows")
-    logger.debug("read %d rows from %s", len(records), name)
-    return records
 
 
 def _decode(name: str, raw: bytes) -> str:
@@ -136,15 +185,15 @@ def _json_error(name: str, line: int, e: json.JSONDecodeError) -> DataError:
     return DataError(name, line, f"invalid JSON: {e.msg} at column {e.colno}")
 
 
-def _require_object(name: str, line: int, value: Any) -> dict:
+def _object_row(name: str, line: int, value: Any) -> Row:
     if not isinstance(value, dict):
-        raise DataError(name, line, f"expected a JSON object, got {type_name(value)}")
-    return value
+        return DataError(name, line, f"expected a JSON object, got {type_name(value)}")
+    return Record(name, line, value)
 
 
-def _read_jsonl(name: str, text: str) -> list[Record]:
+def _read_jsonl(name: str, text: str) -> list[Row]:
     lines = text.split("\n")
-    records: list[Record] = []
+    records: list[Row] = []
     for number, line in enumerate(
         tqdm(lines, desc=f"reading {Path(name).name}", unit="line",
              disable=progress_disabled(len(lines))),
@@ -155,12 +204,14 @@ def _read_jsonl(name: str, text: str) -> list[Record]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
-            raise _json_error(name, number, e) from None
-        records.append(Record(name, number, _require_object(name, number, value)))
+            # One broken line leaves the others readable, so it is a bad row, not a bad file.
+            records.append(_json_error(name, number, e))
+            continue
+        records.append(_object_row(name, number, value))
     return records
 
 
-def _read_json_array(name: str, text: str) -> list[Record]:
+def _read_json_array(name: str, text: str) -> list[Row]:
     """Walk a top-level JSON array object by object to learn each one's line."""
     decoder = json.JSONDecoder()
     pos = _JSON_WS.match(text, 0).end()
@@ -177,7 +228,7 @@ def _read_json_array(name: str, text: str) -> list[Record]:
             f"expected a top-level JSON array of objects, got {type_name(value)}",
         )
 
-    records: list[Record] = []
+    records: list[Row] = []
     line = 1
     counted_to = 0  # count newlines incrementally; recounting from 0 is quadratic
     pos = _JSON_WS.match(text, pos + 1).end()
@@ -191,7 +242,7 @@ def _read_json_array(name: str, text: str) -> list[Record]:
                 raise _json_error(name, e.lineno, e) from None
             line += text.count("\n", counted_to, pos)
             counted_to = pos
-            records.append(Record(name, line, _require_object(name, line, value)))
+            records.append(_object_row(name, line, value))
             pos = _JSON_WS.match(text, end).end()
             if pos < len(text) and text[pos] == ",":
                 pos = _JSON_WS.match(text, pos + 1).end()
@@ -212,9 +263,9 @@ def _structure_error(name: str, text: str, pos: int, what: str) -> DataError:
     return DataError(name, line, f"invalid JSON: {what} at column {column}")
 
 
-def _read_txt(name: str, text: str) -> list[Record]:
+def _read_txt(name: str, text: str) -> list[Row]:
     """Split plain text into paragraphs; each becomes a ``{"text": ...}`` row."""
-    records: list[Record] = []
+    records: list[Row] = []
     paragraph: list[str] = []
     start = 0
     for number, line in enumerate(text.split("\n"), start=1):

@@ -63,18 +63,15 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from transformers import Trainer, default_data_collator
 
     from rlmed import training
-    from rlmed.data.mixing import mix
     from rlmed.data.packing import pack
-    from rlmed.data.sources import source_records, text
+    from rlmed.data.sources import bad_row_metrics, load_sources, text
     from rlmed.models.loading import load_causal_lm, load_tokenizer
 
     corpus, instructions = inputs["corpus"], inputs.get("instructions", [])
     if args.instruction_ratio and not instructions:
         raise ValueError("args.instruction_ratio is set but inputs.instructions is empty")
-    sources = corpus + instructions
-    rows = [[text(r, s.format) for r in source_records(s)] for s in sources]
-    weights = source_weights(corpus, instructions, [len(r) for r in rows], args.instruction_ratio)
-    mixed = mix(rows, weights, seed=ctx.seed, total=args.num_documents)
+    mixed = load_sources(corpus + instructions, text, seed=ctx.seed, total=args.num_documents,
+                         weights=lambda sizes: source_weights(corpus, instructions, sizes, args.instruction_ratio))
     n_eval = int(len(mixed.items) * args.validation_fraction)
     train_docs, eval_docs = mixed.items[n_eval:], mixed.items[:n_eval]
     from_instructions = sum(1 for i in mixed.source_ids[n_eval:] if i >= len(corpus))
@@ -116,6 +113,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
         "train_tokens": train_pack.num_tokens,
         "train_blocks": len(train_pack.blocks),
         "dropped_tokens": train_pack.dropped_tokens,
+        **bad_row_metrics(mixed),
     }
 
 

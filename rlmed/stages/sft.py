@@ -58,10 +58,11 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from trl import SFTTrainer
 
     from rlmed import training
-    from rlmed.data.sources import dialogue, load_sources
+    from rlmed.data.sources import bad_row_metrics, dialogue, load_sources
     from rlmed.models.loading import load_causal_lm, load_tokenizer
 
-    mixed = load_sources(inputs["data"], dialogue, seed=ctx.seed, total=args.num_samples).items
+    loaded = load_sources(inputs["data"], dialogue, seed=ctx.seed, total=args.num_samples)
+    mixed = loaded.items
     if "validation" in inputs:
         train_rows, eval_rows = mixed, load_sources(inputs["validation"], dialogue, seed=ctx.seed).items
     else:
@@ -84,7 +85,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
                          processing_class=tokenizer, callbacks=training.callbacks(ctx))
     metrics = training.train(ctx, trainer)
     training.save_model(trainer, tokenizer, ctx.output("model"))
-    return {**metrics, "train_dialogues": len(train_rows), "eval_dialogues": len(eval_rows)}
+    return {**metrics, "train_dialogues": len(train_rows), "eval_dialogues": len(eval_rows),
+            **bad_row_metrics(loaded)}
 
 
 SPEC = StageSpec(

@@ -28,8 +28,8 @@ def test_tiny_dry_run_plans_every_stage_and_loads_nothing(monkeypatch, capsys, t
     monkeypatch.chdir(ROOT)
     assert main(["run", "recipes/tiny.yaml", "--dry-run", "--run-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    for line in ("[run] base (tiny_model): not run yet", "[run] cpt (pretrain): upstream stage base re-runs",
-                 "[run] sft (sft): upstream stage cpt re-runs", f"in  model: {tmp_path / 'run' / 'base' / 'model'}"):
+    for line in ("[run] base (tiny_model): not run yet", "[run] kb (kb_instructions): not run yet",
+                 "[run] cpt (pretrain): upstream stage base re-runs", "[run] sft (sft): upstream stage cpt, kb re-runs", f"in  model: {tmp_path / 'run' / 'base' / 'model'}"):
         assert line in out
     assert "weight 2" in out
     assert not (tmp_path / "run").exists()

@@ -96,7 +96,8 @@ def test_unsupported_extension_is_rejected(tmp_path):
     with pytest.raises(DataError) as info:
         read_records(path)
     assert str(info.value) == (
-        f"{path}: unsupported data file extension '.xyz'; expected .jsonl, .json or .txt"
+        f"{path}: unsupported data file extension '.xyz'; expected .jsonl, .json, .txt, .parquet, .csv, .tsv "
+        "or a datasets save_to_disk folder"
     )
 
 
