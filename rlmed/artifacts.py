@@ -143,6 +143,8 @@ class MetricsLog:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        # Also called with every record (e.g. W&B), so what is logged anywhere is in metrics.jsonl too.
+        self.sinks: list[Any] = []
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         record = {k: _jsonable(v) for k, v in metrics.items()}
@@ -151,6 +153,8 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for sink in self.sinks:
+            sink({k: v for k, v in record.items() if k != "step"}, step)
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():

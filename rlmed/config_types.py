@@ -64,6 +64,9 @@ def coerce(value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         members = typing.get_args(tp)
+        present = [m for m in members if m is not type(None)]
+        if value is not None and len(present) == 1:  # `X | None`: X's own error says what is wrong
+            return coerce(value, present[0])
         for member in members:  # exact fits first, so `float | str` keeps a str as a str
             if _fits_exactly(value, member):
                 return value
@@ -136,14 +139,38 @@ def _coerce_plain(value: Any, tp: Any) -> Any:
         except ValueError:
             raise ConfigTypeError(f"one of {type_name(tp)}", value) from None
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if isinstance(value, (dict, tp)):
-            return value
-        raise ConfigTypeError(f"mapping for {tp.__name__}", value)
+        return _coerce_dataclass(value, tp)
     if isinstance(tp, type):
         if isinstance(value, tp):
             return value
         raise ConfigTypeError(tp.__name__, value)
     return value
+
+
+def _coerce_dataclass(value: Any, tp: type) -> Any:
+    """A mapping becomes the dataclass (a nested block such as `args.lora`), each field checked in turn."""
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigTypeError(f"a mapping of {tp.__name__} fields", value)
+    types = field_types(tp)
+    unknown = [k for k in value if k not in types]
+    if unknown:
+        raise ConfigTypeError(f"fields of {tp.__name__} ({', '.join(types)}); unknown: {', '.join(map(str, unknown))}",
+                              value)
+    missing = [k for k in required_fields(tp) if k not in value]
+    if missing:
+        raise ConfigTypeError(f"{tp.__name__} with {', '.join(missing)}", value)
+    converted = {}
+    for key, item in value.items():
+        try:
+            converted[key] = coerce(item, types[key])
+        except ConfigTypeError as exc:
+            raise ConfigTypeError(f"{key}: {exc.expected}", exc.got) from None
+    try:
+        return tp(**converted)
+    except (TypeError, ValueError) as exc:
+        raise ConfigTypeError(f"a valid {tp.__name__} ({exc})", value) from None
 
 
 def _parse_number(value: Any) -> float | int | None:

@@ -22,8 +22,9 @@ from rlmed.config_types import ConfigTypeError, coerce, field_types, required_fi
 from rlmed.inputs import Ref, parse_ref, resolve_local, validate_inputs
 from rlmed.stages import UnknownStageKind, get_spec
 from rlmed.stages.base import StageSpec
+from rlmed.tracking import WandbSettings
 
-TOP_KEYS = {"name", "description", "run_dir", "defaults", "stages"}
+TOP_KEYS = {"name", "description", "run_dir", "defaults", "wandb", "stages"}
 STAGE_KEYS = {"id", "kind", "description", "inputs", "args", "trainer", "callbacks"}
 ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 # Set by rlmed for every training stage; a recipe value would be silently overridden or break resume.
@@ -77,6 +78,7 @@ class Recipe:
     run_dir: Path
     defaults: dict[str, Any]
     stages: list[Stage]
+    wandb: WandbSettings | None = None
 
     def stage(self, stage_id: str) -> Stage:
         for stage in self.stages:
@@ -142,6 +144,12 @@ def parse_recipe(raw: Any, path: Path, run_dir: str | Path | None = None) -> Rec
     if not isinstance(run_dir_value, (str, Path)):
         problems.append(f"{where}: run_dir: expected a path string, got {type(run_dir_value).__name__}")
         run_dir_value = f"runs/{name}"
+    wandb = None
+    if raw.get("wandb") is not None:
+        try:
+            wandb = coerce(raw["wandb"], WandbSettings)
+        except ConfigTypeError as exc:
+            problems.append(f"{where}: wandb: {exc}")
     raw_stages = raw.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
         problems.append(f"{where}: stages: required, a non-empty list of stages")
@@ -159,7 +167,7 @@ def parse_recipe(raw: Any, path: Path, run_dir: str | Path | None = None) -> Rec
             problems.append(f"{where}: defaults.{key}: no stage in this recipe has a field named '{key}'")
     if problems:
         raise RecipeError(problems)
-    return Recipe(path=path, name=name, run_dir=Path(run_dir_value), defaults=defaults, stages=stages)
+    return Recipe(path=path, name=name, run_dir=Path(run_dir_value), defaults=defaults, stages=stages, wandb=wandb)
 
 
 def _parse_stage(raw: Any, index: int, path: Path, defaults: dict, specs: dict[str, StageSpec],

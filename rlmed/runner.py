@@ -30,6 +30,7 @@ from rlmed.artifacts import (
 from rlmed.inputs import Ref
 from rlmed.recipe import Recipe, Stage
 from rlmed.stages.base import DataSource, StageContext
+from rlmed.tracking import StageRun, redact
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ class Runner:
         changed = [name for name, h in current["inputs"].items() if recorded.get(name) != h]
         if changed:
             return "run", f"input {', '.join(changed)} changed"
-        missing = [name for name, p in self.outputs(stage).items() if not p.exists()]
+        missing = [name for name, p in self.outputs(stage).items()
+                   if not p.exists() and name not in stage.spec.optional_outputs]
         if missing:
             return "run", f"output {', '.join(missing)} is missing"
         return "skip", "up to date"
@@ -189,8 +191,17 @@ class Runner:
             atomic_write_json(stage_dir / STARTED, fingerprint)
         return bool(dist.broadcast(resume))  # also the barrier: no rank starts before the folder is ready
 
+    def _check_optional_inputs(self, stage: Stage) -> None:
+        """A reference to an output its stage writes only on request (e.g. `merged`) must exist by now."""
+        for ref in stage.refs():
+            upstream = self.recipe.stage(ref.stage)
+            if ref.output in upstream.spec.optional_outputs and not Path(self._ref_path(ref)).exists():
+                raise RunError(f"stage '{stage.id}' reads {ref}, but stage '{ref.stage}' did not write its "
+                               f"'{ref.output}' output (it writes it only when asked: see its args, e.g. merge: true)")
+
     def execute(self, planned: Planned) -> dict[str, Any]:
         stage = planned.stage
+        self._check_optional_inputs(stage)
         stage_dir = self.stage_dir(stage.id)
         fingerprint = self.fingerprint(stage)
         resume = self._prepare_dir(stage, fingerprint)
@@ -206,10 +217,17 @@ class Runner:
         logging.getLogger().addHandler(handler)
         started_at = datetime.now(timezone.utc)
         t0 = time.monotonic()
+        tracker = None
         try:
+            if self.recipe.wandb is not None and dist.is_main():
+                tracker = StageRun(self.recipe.wandb, self.recipe.name, stage.id, stage.kind, stage.config(),
+                                   self.run_dir)
+                ctx.metrics.sinks.append(tracker.log)
             runs_here = stage.spec.ranks == "all" or dist.is_main()
             metrics = (stage.spec.run(ctx, planned.inputs, stage.args) or {}) if runs_here else {}
         except Exception as exc:
+            if tracker is not None:
+                tracker.finish(None, failed=True)
             where = f" on rank {dist.rank()}" if dist.world_size() > 1 else ""
             raise RunError(f"stage '{stage.id}' ({stage.kind}) failed{where}: {type(exc).__name__}: {exc}") from exc
         finally:
@@ -219,7 +237,8 @@ class Runner:
         if not dist.is_main():
             dist.barrier()  # the main rank writes the manifest; nobody starts the next stage before it exists
             return {}
-        missing = [f"{name} ({path})" for name, path in planned.outputs.items() if not path.exists()]
+        missing = [f"{name} ({path})" for name, path in planned.outputs.items()
+                   if not path.exists() and name not in stage.spec.optional_outputs]
         if missing:
             raise RunError(f"stage '{stage.id}' ({stage.kind}) finished without writing its output {', '.join(missing)}")
         duration = time.monotonic() - t0
@@ -228,7 +247,7 @@ class Runner:
             "kind": stage.kind,
             "recipe": {"path": str(self.recipe.path), "name": self.recipe.name},
             "config_hash": fingerprint["config_hash"],
-            "config": stage.config(),
+            "config": redact(stage.config()),
             "inputs": {name: _describe(value) for name, value in planned.inputs.items()},
             "input_hashes": fingerprint["inputs"],
             "outputs": {name: str(path) for name, path in planned.outputs.items()},
@@ -243,6 +262,8 @@ class Runner:
         }
         atomic_write_json(stage_dir / MANIFEST, manifest)
         self.hashes.save()
+        if tracker is not None:
+            tracker.finish({**metrics, "duration_s": manifest["duration_s"]})
         dist.barrier()
         shown = [k for k in SUMMARY_KEYS if k in metrics] or [k for k, v in metrics.items() if isinstance(v, (int, float))]
         summary = ", ".join(f"{k}={_short(metrics[k])}" for k in shown)

@@ -137,12 +137,38 @@ def train(ctx: StageContext, trainer: Any) -> dict[str, Any]:
     return metrics
 
 
-def save_model(trainer: Any, tokenizer: Any, out_dir: Path) -> None:
-    """The stage's `model` artifact: a folder any later stage (or transformers) loads by path.
+def with_lora(model: Any, settings: Any) -> tuple[Any, dict[str, int]]:
+    """`model` wrapped with LoRA adapters when `settings` is given; parameter counts for the manifest."""
+    if settings is not None:
+        from rlmed.models.lora import wrap
+
+        model = wrap(model, settings)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return model, {"trainable_parameters": trainable, "total_parameters": total}
+
+
+def save_model(trainer: Any, tokenizer: Any, out_dir: Path, merged_dir: Path | None = None) -> None:
+    """The stage's `model` artifact: a folder any later stage (or transformers) loads by path — a full model,
+    or for LoRA an adapter folder recording its base; with `merged_dir`, also base + adapter merged there.
 
     Every rank calls this: under ZeRO-3 the full weights are gathered from all ranks (the shipped configs set
     stage3_gather_16bit_weights_on_model_save), and the Trainer writes them from the main rank only.
     """
     trainer.save_model(str(out_dir))
-    if dist.is_main():
-        tokenizer.save_pretrained(str(out_dir))
+    if not dist.is_main():
+        return
+    tokenizer.save_pretrained(str(out_dir))
+    if merged_dir is not None:
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        from rlmed.models.lora import save_merged
+
+        # The merge loads the base afresh; with a ZeRO-3 config active that load would be partitioned.
+        active = getattr(trainer.args, "hf_deepspeed_config", None)
+        hf_deepspeed.unset_hf_deepspeed_config()
+        try:
+            save_merged(out_dir, merged_dir, tokenizer)
+        finally:
+            if active is not None:
+                hf_deepspeed.set_hf_deepspeed_config(active)

@@ -40,15 +40,26 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
 
 def load_causal_lm(name_or_path: str, dtype: str = "auto", **kwargs: Any) -> Any:
     """AutoModelForCausalLM from a folder or Hub id; `dtype` 'auto' keeps the checkpoint's dtype on GPU and
-    uses float32 on CPU (bf16 matmuls on CPU are slow and fp16 ones unsupported)."""
+    uses float32 on CPU (bf16 matmuls on CPU are slow and fp16 ones unsupported).
+
+    A LoRA adapter folder loads transparently: its recorded base is loaded and the adapter merged in.
+    """
     import torch
     from transformers import AutoModelForCausalLM
+
+    from rlmed.models.lora import adapter_base, apply_adapter
 
     if dtype == "auto":
         torch_dtype: Any = "auto" if torch.cuda.is_available() else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
+    base = adapter_base(name_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(base or name_or_path, dtype=torch_dtype, **kwargs)
     except Exception as exc:
-        raise _explain(name_or_path, "model", exc) from exc
+        what = f"base model of the adapter in '{name_or_path}'" if base else "model"
+        raise _explain(base or name_or_path, what, exc) from exc
+    if base:
+        logger.info("%s is a LoRA adapter on %s; merging it into the base weights", name_or_path, base)
+        model = apply_adapter(model, name_or_path)
+    return model

@@ -56,6 +56,7 @@ class StageSpec:
     run: Callable[["StageContext", dict[str, Any], Any], dict[str, Any] | None]
     trainer_config: str | None = None  # dotted path of the config class `trainer:` fields are checked against
     ranks: Literal["all", "main"] = "all"  # "main": runs on the main rank only while the others wait
+    optional_outputs: frozenset[str] = frozenset()  # written only when the stage's args ask (e.g. merged)
     doc: str = ""
 
 

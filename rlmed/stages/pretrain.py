@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rlmed.models.lora import LoraSettings
 from rlmed.stages.base import DataSource, Input, StageContext, StageSpec
 
 
@@ -26,8 +27,14 @@ class Args:
     """Share of mixed documents held out for the eval loss; 0 turns evaluation off."""
     dtype: str = "auto"
     """Weights dtype when loading: auto (float32 on CPU), float32, bfloat16, float16."""
+    lora: LoraSettings | None = None
+    """Train LoRA adapters instead of all weights: {r, alpha, dropout, target_modules, modules_to_save}."""
+    merge: bool = False
+    """With lora: also write base + adapter merged into one full model (the `merged` output)."""
 
     def __post_init__(self) -> None:
+        if self.merge and self.lora is None:
+            raise ValueError("merge: true needs a lora block (a full model needs no merging)")
         if self.instruction_ratio is not None and not 0.0 <= self.instruction_ratio <= 1.0:
             raise ValueError(f"instruction_ratio must be within 0..1, got {self.instruction_ratio}")
         if not 0.0 <= self.validation_fraction < 0.5:
@@ -98,15 +105,16 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     config = training.trainer_config(ctx, "transformers.TrainingArguments", has_eval=eval_set is not None,
                                      per_device_train_batch_size=8, learning_rate=5e-5, num_train_epochs=1)
     # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
-    model = load_causal_lm(inputs["model"], dtype=args.dtype)
+    model, parameters = training.with_lora(load_causal_lm(inputs["model"], dtype=args.dtype), args.lora)
     # Blocks are all max_length long, so no padding and no collator masking: labels are the inputs.
     trainer = Trainer(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=default_data_collator, processing_class=tokenizer,
                       callbacks=training.callbacks(ctx))
     metrics = training.train(ctx, trainer)
-    training.save_model(trainer, tokenizer, ctx.output("model"))
+    training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
     return {
         **metrics,
+        **parameters,
         "train_documents": len(train_docs),
         "eval_documents": len(eval_docs),
         "instruction_share": from_instructions / max(1, len(train_docs)),
@@ -125,7 +133,8 @@ SPEC = StageSpec(
         "corpus": Input("data", many=True, doc="domain text (text rows; dialogue rows are flattened)"),
         "instructions": Input("data", many=True, required=False, doc="instruction pairs, flattened to text"),
     },
-    outputs={"model": "model"},
+    outputs={"model": "model", "merged": "merged"},
+    optional_outputs=frozenset({"merged"}),
     run=run,
     trainer_config="transformers.TrainingArguments",
     doc=__doc__,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlmed.models.lora import LoraSettings
 from rlmed.stages.base import Input, StageContext, StageSpec
 
 
@@ -26,8 +27,14 @@ class Args:
     """Share of mixed dialogues held out for the eval loss (when no `validation` input); 0 turns it off."""
     dtype: str = "auto"
     """Weights dtype when loading: auto (float32 on CPU), float32, bfloat16, float16."""
+    lora: LoraSettings | None = None
+    """Train LoRA adapters instead of all weights: {r, alpha, dropout, target_modules, modules_to_save}."""
+    merge: bool = False
+    """With lora: also write base + adapter merged into one full model (the `merged` output)."""
 
     def __post_init__(self) -> None:
+        if self.merge and self.lora is None:
+            raise ValueError("merge: true needs a lora block (a full model needs no merging)")
         if not 0.0 <= self.validation_fraction < 0.5:
             raise ValueError(f"validation_fraction must be within 0..0.5, got {self.validation_fraction}")
 
@@ -80,12 +87,12 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
                                      per_device_train_batch_size=8, learning_rate=2e-5, num_train_epochs=1,
                                      max_length=1024)
     # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
-    model = load_causal_lm(inputs["model"], dtype=args.dtype)
+    model, parameters = training.with_lora(load_causal_lm(inputs["model"], dtype=args.dtype), args.lora)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer, callbacks=training.callbacks(ctx))
     metrics = training.train(ctx, trainer)
-    training.save_model(trainer, tokenizer, ctx.output("model"))
-    return {**metrics, "train_dialogues": len(train_rows), "eval_dialogues": len(eval_rows),
+    training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
+    return {**metrics, **parameters, "train_dialogues": len(train_rows), "eval_dialogues": len(eval_rows),
             **bad_row_metrics(loaded)}
 
 
@@ -97,7 +104,8 @@ SPEC = StageSpec(
         "data": Input("data", many=True, doc="dialogues: alpaca, sharegpt or messages rows, mixable by weight"),
         "validation": Input("data", many=True, required=False, doc="held-out dialogues for the eval loss"),
     },
-    outputs={"model": "model"},
+    outputs={"model": "model", "merged": "merged"},
+    optional_outputs=frozenset({"merged"}),
     run=run,
     trainer_config="trl.SFTConfig",
     doc=__doc__,

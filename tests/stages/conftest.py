@@ -17,8 +17,9 @@ FAST_STEPS = 80
 LOSS_FRACTION = 0.65
 
 
-def run_recipe(tmp_path: Path, stages: list[dict], *flags: str, name: str = "t") -> int:
-    recipe = {"name": name, "run_dir": str(tmp_path / "run"), "defaults": {"seed": 1}, "stages": stages}
+def run_recipe(tmp_path: Path, stages: list[dict], *flags: str, name: str = "t", **top: object) -> int:
+    """Write and run a recipe; `top` adds top-level blocks (e.g. wandb=...)."""
+    recipe = {"name": name, "run_dir": str(tmp_path / "run"), "defaults": {"seed": 1}, **top, "stages": stages}
     return main(["run", str(write_recipe(tmp_path / "recipe.yaml", recipe)), *flags])
 
 

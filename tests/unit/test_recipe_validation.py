@@ -239,3 +239,22 @@ def test_shipped_deepspeed_config_resolves_from_anywhere(files, monkeypatch):
     recipe = load_recipe(write_recipe(files / "recipe.yaml", {"name": "x", "stages": stages}))
     deepspeed = Path(recipe.stage("sft").trainer["deepspeed"])
     assert deepspeed.is_absolute() and deepspeed.parent.name == "ds_configs" and deepspeed.is_file()
+
+
+def test_wandb_block_with_unknown_field(files):
+    line = one_problem(files, {"name": "x", "wandb": {"projct": "rlmed"}, "stages": base_stages()})
+    assert "wandb: expected fields of WandbSettings" in line and "unknown: projct" in line
+
+
+def test_lora_block_checked_field_by_field(files):
+    stages = base_stages()
+    stages[1]["args"] = {"lora": {"r": "eight"}}
+    line = one_problem(files, {"name": "x", "stages": stages})
+    assert "stage 'sft': args.lora: expected r: int, got str 'eight'" in line
+
+
+def test_merge_without_lora(files):
+    stages = base_stages()
+    stages[1]["args"] = {"merge": True}
+    line = one_problem(files, {"name": "x", "stages": stages})
+    assert "stage 'sft': args: merge: true needs a lora block" in line

@@ -1,0 +1,82 @@
+"""LoRA for training stages, and adapter folders that later stages load like any model.
+
+A LoRA stage's `model` artifact is a peft adapter folder: adapter weights, `adapter_config.json` recording the
+base model it was trained on, and the tokenizer. `rlmed.models.loading.load_causal_lm` sees the adapter config,
+loads the base, applies the adapter and merges it, so every later stage takes either kind of folder.
+`merge: true` also writes the merged full model (the `merged` output), for serving or sharing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(kw_only=True)
+class LoraSettings:
+    r: int = 16
+    """Rank of the update matrices."""
+    alpha: int = 32
+    """Scale: the update is multiplied by alpha / r."""
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    """Module names to adapt, or 'all-linear' (every linear layer but the output head)."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """Modules trained in full and saved with the adapter (e.g. embed_tokens after adding tokens)."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r must be at least 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be within 0..1, got {self.dropout}")
+
+
+def wrap(model: Any, settings: LoraSettings) -> Any:
+    """The model with trainable LoRA adapters (base weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=settings.target_modules, modules_to_save=settings.modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    logger.info("LoRA r=%d alpha=%d on %s: %d of %d parameters trainable (%.2f%%)", settings.r, settings.alpha,
+                settings.target_modules, trainable, total, 100.0 * trainable / max(total, 1))
+    return peft_model
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base model an adapter folder records, or None when `path` is not an adapter folder."""
+    config_file = Path(path) / ADAPTER_CONFIG
+    if not config_file.is_file():
+        return None
+    return json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+
+
+def apply_adapter(base_model: Any, adapter_dir: str | Path) -> Any:
+    """`base_model` with the adapter in `adapter_dir` merged into its weights: a plain transformers model."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
+
+
+def save_merged(adapter_dir: Path, out_dir: Path, tokenizer: Any) -> None:
+    """Write base + adapter as one full model folder.
+
+    Loaded afresh from the saved adapter (not from the trainer's model), so it works whatever sharding the
+    training used; the caller makes sure no ZeRO-3 config is active, or the load would be partitioned.
+    """
+    from rlmed.models.loading import load_causal_lm
+
+    merged = load_causal_lm(str(adapter_dir), dtype="float32")
+    merged.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    logger.info("merged model written to %s", out_dir)
