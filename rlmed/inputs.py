@@ -88,7 +88,7 @@ def validate_inputs(raw: Any, spec: StageSpec, where: str, recipe_path: Path, ea
     return inputs
 
 
-def _check_ref(ref: Ref, where: str, earlier: dict[str, StageSpec], problems: list[str]) -> None:
+def check_ref(ref: Ref, where: str, earlier: dict[str, StageSpec], problems: list[str]) -> None:
     if ref.stage not in earlier:
         problems.append(f"{where}: {ref} refers to stage '{ref.stage}', which is not an earlier stage of this "
                         f"recipe (earlier stages: {', '.join(earlier) or 'none'})")
@@ -104,7 +104,7 @@ def _single(value: Any, declared: Input, where: str, recipe_path: Path, earlier:
         return None
     ref = parse_ref(value)
     if ref is not None:
-        _check_ref(ref, where, earlier, problems)
+        check_ref(ref, where, earlier, problems)
         return ref
     local = resolve_local(value, recipe_path)
     if local is not None:
@@ -161,7 +161,7 @@ def _data_sources(value: Any, declared: Input, where: str, recipe_path: Path, ea
             continue
         ref = parse_ref(path)
         if ref is not None:
-            _check_ref(ref, here, earlier, problems)
+            check_ref(ref, here, earlier, problems)
             sources.append(DataSource(path=ref, weight=weight, format=fmt, **extra))  # type: ignore[arg-type]
             continue
         local = resolve_local(path, recipe_path)

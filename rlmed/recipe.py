@@ -19,13 +19,13 @@ import yaml
 
 from rlmed.components import check_component, import_object, is_component, ComponentError
 from rlmed.config_types import ConfigTypeError, coerce, field_types, required_fields, type_name
-from rlmed.inputs import Ref, parse_ref, resolve_local, validate_inputs
+from rlmed.inputs import Ref, check_ref, parse_ref, resolve_local, validate_inputs
 from rlmed.stages import UnknownStageKind, get_spec
 from rlmed.stages.base import StageSpec
 from rlmed.tracking import WandbSettings
 
 TOP_KEYS = {"name", "description", "run_dir", "defaults", "wandb", "stages"}
-STAGE_KEYS = {"id", "kind", "description", "inputs", "args", "trainer", "callbacks"}
+STAGE_KEYS = {"id", "kind", "description", "inputs", "args", "trainer", "callbacks", "reward"}
 ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 # Set by rlmed for every training stage; a recipe value would be silently overridden or break resume.
 MANAGED_TRAINER_FIELDS = {"output_dir", "resume_from_checkpoint"}
@@ -50,15 +50,17 @@ class Stage:
     args: Any
     trainer: dict[str, Any] = field(default_factory=dict)
     callbacks: list[dict[str, Any]] = field(default_factory=list)
+    reward: dict[str, Any] | None = None
 
     def refs(self) -> list[Ref]:
+        """Every `$stage.output` this stage reads: in its inputs and inside its reward block."""
         found: list[Ref] = []
         for value in self.inputs.values():
             for item in value if isinstance(value, list) else [value]:
                 target = getattr(item, "path", item)
                 if isinstance(target, Ref):
                     found.append(target)
-        return found
+        return found + component_refs(self.reward)
 
     def config(self) -> dict[str, Any]:
         """The stage's own configuration, as hashed to decide whether it must re-run."""
@@ -67,6 +69,7 @@ class Stage:
             "args": dataclasses.asdict(self.args),
             "trainer": self.trainer,
             "callbacks": self.callbacks,
+            "reward": self.reward,
             "inputs": {k: _describe_input(v) for k, v in self.inputs.items()},
         }
 
@@ -85,6 +88,16 @@ class Recipe:
             if stage.id == stage_id:
                 return stage
         raise KeyError(stage_id)
+
+
+def component_refs(spec: Any) -> list[Ref]:
+    """`$stage.output` strings anywhere inside a component spec (e.g. a reward model's `path: $rm.model`)."""
+    if isinstance(spec, dict):
+        return [ref for value in spec.values() for ref in component_refs(value)]
+    if isinstance(spec, list):
+        return [ref for value in spec for ref in component_refs(value)]
+    ref = parse_ref(spec)
+    return [ref] if ref is not None else []
 
 
 def _describe_input(value: Any) -> Any:
@@ -201,11 +214,13 @@ def _parse_stage(raw: Any, index: int, path: Path, defaults: dict, specs: dict[s
     args = _parse_args(raw.get("args"), spec, where, defaults, used_defaults, problems)
     trainer = _parse_trainer(raw.get("trainer"), spec, where, defaults, used_defaults, problems, path)
     callbacks = _parse_callbacks(raw.get("callbacks"), spec, where, problems)
+    reward = _parse_reward(raw.get("reward"), spec, where, specs, problems)
     if stage_id not in specs and not stage_id.startswith("#"):
         specs[stage_id] = spec
     if args is None:
         return None
-    return Stage(id=stage_id, kind=kind, spec=spec, inputs=inputs, args=args, trainer=trainer, callbacks=callbacks)
+    return Stage(id=stage_id, kind=kind, spec=spec, inputs=inputs, args=args, trainer=trainer, callbacks=callbacks,
+                 reward=reward)
 
 
 def _parse_args(raw: Any, spec: StageSpec, where: str, defaults: dict, used_defaults: set[str],
@@ -297,6 +312,27 @@ def _deepspeed_config(value: str, recipe_path: Path) -> Path | None:
     if found is None and (PROJECT_ROOT / value).is_file():
         found = PROJECT_ROOT / value
     return found if found is not None and found.is_file() else None
+
+
+def _parse_reward(raw: Any, spec: StageSpec, where: str, earlier: dict[str, StageSpec],
+                  problems: list[str]) -> dict[str, Any] | None:
+    """The stage's reward source: a `_component_` checked against its signature, its references checked."""
+    if raw is None:
+        if spec.reward == "required":
+            problems.append(f"{where}: reward: stage kind '{spec.kind}' needs a reward source, e.g. "
+                            f"{{_component_: reward.similarity.ReferenceSimilarity}}")
+        return None
+    if spec.reward is None:
+        problems.append(f"{where}: reward: stage kind '{spec.kind}' takes no reward source; remove this block")
+        return None
+    if not is_component(raw):
+        problems.append(f"{where}: reward: expected a mapping with _component_: package.module.Class")
+        return None
+    for problem in check_component(raw, skip_types=lambda v: parse_ref(v) is not None):
+        problems.append(f"{where}: reward.{problem}")
+    for ref in component_refs(raw):
+        check_ref(ref, f"{where}: reward", earlier, problems)
+    return raw
 
 
 def _parse_callbacks(raw: Any, spec: StageSpec, where: str, problems: list[str]) -> list[dict[str, Any]]:

@@ -27,8 +27,8 @@ from rlmed.artifacts import (
     MANIFEST, STARTED, HashCache, atomic_write_json, git_revision, manifest_hash, package_versions,
     read_manifest, stable_hash,
 )
-from rlmed.inputs import Ref
-from rlmed.recipe import Recipe, Stage
+from rlmed.inputs import Ref, parse_ref
+from rlmed.recipe import Recipe, Stage, component_refs
 from rlmed.stages.base import DataSource, StageContext
 from rlmed.tracking import StageRun, redact
 
@@ -92,6 +92,15 @@ class Runner:
                 resolved[name] = value
         return resolved
 
+    def _resolve_component(self, spec: Any) -> Any:
+        """A component spec with its `$stage.output` strings replaced by paths."""
+        if isinstance(spec, dict):
+            return {k: self._resolve_component(v) for k, v in spec.items()}
+        if isinstance(spec, list):
+            return [self._resolve_component(v) for v in spec]
+        ref = parse_ref(spec)
+        return self._ref_path(ref) if ref is not None else spec
+
     # --- fingerprints -----------------------------------------------------------------------------
     def _hash_one(self, value: Any) -> str | None:
         target = value.path if isinstance(value, DataSource) else value
@@ -108,6 +117,8 @@ class Runner:
         inputs = {}
         for name, value in stage.inputs.items():
             inputs[name] = [self._hash_one(v) for v in value] if isinstance(value, list) else self._hash_one(value)
+        for ref in {str(r): r for r in component_refs(stage.reward)}.values():  # e.g. a reward model path
+            inputs[f"reward:{ref}"] = self._hash_one(ref)
         return {"config_hash": stable_hash(stage.config()), "inputs": inputs}
 
     def _status(self, stage: Stage, rerun: set[str]) -> tuple[str, str]:
@@ -209,7 +220,7 @@ class Runner:
         ctx = StageContext(
             stage_id=stage.id, kind=stage.kind, stage_dir=stage_dir, run_dir=self.run_dir,
             recipe_name=self.recipe.name, seed=seed, trainer=dict(stage.trainer), callbacks=stage.callbacks,
-            outputs=planned.outputs, resume=resume,
+            reward=self._resolve_component(stage.reward), outputs=planned.outputs, resume=resume,
         )
         log_name = "stage.log" if dist.world_size() == 1 else f"stage.rank{dist.rank()}.log"
         handler = logging.FileHandler(stage_dir / log_name, encoding="utf-8")

@@ -10,6 +10,7 @@ BUILTIN = {
     "tiny_model": "rlmed.stages.tiny_model",
     "pretrain": "rlmed.stages.pretrain",
     "sft": "rlmed.stages.sft",
+    "ai_feedback": "rlmed.stages.ai_feedback",
     "kb_instructions": "rlmed.stages.kb_instructions",
 }
 

@@ -57,6 +57,7 @@ class StageSpec:
     trainer_config: str | None = None  # dotted path of the config class `trainer:` fields are checked against
     ranks: Literal["all", "main"] = "all"  # "main": runs on the main rank only while the others wait
     optional_outputs: frozenset[str] = frozenset()  # written only when the stage's args ask (e.g. merged)
+    reward: Literal["required", "optional"] | None = None  # whether the stage takes a `reward:` block
     doc: str = ""
 
 
@@ -72,6 +73,7 @@ class StageContext:
     seed: int
     trainer: dict[str, Any] = field(default_factory=dict)  # user `trainer:` fields, already type-checked
     callbacks: list[dict[str, Any]] = field(default_factory=list)  # `_component_` specs of trainer callbacks
+    reward: dict[str, Any] | None = None  # the `reward:` component spec, references resolved to paths
     outputs: dict[str, Path] = field(default_factory=dict)
     resume: bool = False  # a checkpoint in stage_dir comes from this same config and may be resumed
     metrics: MetricsLog = field(init=False)

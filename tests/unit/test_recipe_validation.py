@@ -258,3 +258,34 @@ def test_merge_without_lora(files):
     stages[1]["args"] = {"merge": True}
     line = one_problem(files, {"name": "x", "stages": stages})
     assert "stage 'sft': args: merge: true needs a lora block" in line
+
+
+def feedback_stage(**extra) -> dict:
+    return {"id": "fb", "kind": "ai_feedback", "inputs": {"model": "$base.model", "prompts": "sft.jsonl"}, **extra}
+
+
+def test_reward_block_required_by_ai_feedback(files):
+    line = one_problem(files, {"name": "x", "stages": base_stages() + [feedback_stage()]})
+    assert "stage 'fb': reward: stage kind 'ai_feedback' needs a reward source" in line
+
+
+def test_reward_block_on_a_stage_that_takes_none(files):
+    stages = base_stages()
+    stages[1]["reward"] = {"_component_": "tests.helpers.rewards.CharOverlap"}
+    line = one_problem(files, {"name": "x", "stages": stages})
+    assert "stage 'sft': reward: stage kind 'sft' takes no reward source" in line
+
+
+def test_reward_component_arguments_and_references_are_checked(files):
+    reward = {"_component_": "tests.helpers.rewards.CharOverlap", "fail_evry": 2, "scale": "$nosuch.model"}
+    problems = problems_of(files, {"name": "x", "stages": base_stages() + [feedback_stage(reward=reward)]})
+    assert any("stage 'fb': reward.fail_evry: unknown argument" in p for p in problems), problems
+    assert any("stage 'fb': reward: $nosuch.model refers to stage 'nosuch'" in p for p in problems), problems
+
+
+def test_reward_reference_makes_the_graph(files):
+    reward = {"_component_": "tests.helpers.rewards.CharOverlap", "scale": 1.0}
+    stages = base_stages() + [feedback_stage(reward=reward)]
+    recipe = load_recipe(write_recipe(files / "recipe.yaml", {"name": "x", "stages": stages}))
+    assert recipe.stage("fb").reward == reward
+    assert [str(r) for r in recipe.stage("fb").refs()] == ["$base.model"]

@@ -1,0 +1,28 @@
+"""A user's own reward sources, used through a recipe's `reward:` block with no change to rlmed."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from reward.base import Sample, Score
+
+
+class CharOverlap:
+    """Share of the reference's characters that the answer contains; fails (None) on every n-th sample."""
+
+    def __init__(self, fail_every: int = 0, scale: float = 1.0):
+        self.fail_every = fail_every
+        self.scale = scale
+        self.calls = 0
+
+    async def score(self, samples: Sequence[Sample]) -> list[Score]:
+        scores = []
+        for i, sample in enumerate(samples):
+            self.calls += 1
+            if self.fail_every and (i + 1) % self.fail_every == 0:
+                scores.append(Score.failed("deliberately unscored"))
+                continue
+            reference = set(sample.reference or "")
+            hit = len(reference & set(sample.completion)) / max(1, len(reference))
+            scores.append(Score(value=self.scale * hit, parts={"overlap": hit}, rationale="chars in common"))
+        return scores
