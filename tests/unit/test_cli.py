@@ -5,23 +5,28 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from rlmed.cli import main
 from tests.conftest import ROOT
 
 PEDIATRICS_DATA = {"data/peds_corpus.jsonl", "data/general_corpus.jsonl", "data/peds_qa.jsonl",
-                   "data/peds_sft.jsonl", "data/general_sft.jsonl", "data/peds_behaviour.jsonl"}
+                   "data/peds_sft.jsonl", "data/general_sft.jsonl", "data/peds_behaviour.jsonl",
+                   "data/peds_dialogues.jsonl"}
+HUATUO_DATA = {"data/huatuo_distilled.jsonl", "data/huatuo_doctor.jsonl", "data/huatuo_consultations.jsonl"}
 
 
-def test_pediatrics_dry_run_reports_only_the_absent_user_data_files(monkeypatch, capsys):
+@pytest.mark.parametrize("recipe, absent", [("pediatrics", PEDIATRICS_DATA), ("huatuo_rlaif", HUATUO_DATA)])
+def test_full_size_dry_run_reports_only_the_absent_user_data_files(monkeypatch, capsys, recipe, absent):
     monkeypatch.chdir(ROOT)
-    assert main(["run", "recipes/pediatrics.yaml", "--dry-run"]) == 2
+    assert main(["run", f"recipes/{recipe}.yaml", "--dry-run"]) == 2
     problems = [line.strip() for line in capsys.readouterr().err.splitlines()[1:] if line.strip()]
-    assert len(problems) == len(PEDIATRICS_DATA), problems
+    assert len(problems) == len(absent), problems
     reported = set()
     for line in problems:
-        assert line.startswith("recipes/pediatrics.yaml: stage '") and ": data file not found: '" in line, line
+        assert line.startswith(f"recipes/{recipe}.yaml: stage '") and ": data file not found: '" in line, line
         reported.add(line.split("data file not found: '")[1].split("'")[0])
-    assert reported == PEDIATRICS_DATA  # the 7B Hub id, the DeepSpeed config, every trainer field: all fine
+    assert reported == absent  # the 7B Hub id, the DeepSpeed config, trainer fields, the judge: all fine
 
 
 def test_tiny_dry_run_plans_every_stage_and_loads_nothing(monkeypatch, capsys, tmp_path):
@@ -29,7 +34,8 @@ def test_tiny_dry_run_plans_every_stage_and_loads_nothing(monkeypatch, capsys, t
     assert main(["run", "recipes/tiny.yaml", "--dry-run", "--run-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     for line in ("[run] base (tiny_model): not run yet", "[run] kb (kb_instructions): not run yet",
-                 "[run] cpt (pretrain): upstream stage base re-runs", "[run] sft (sft): upstream stage cpt, kb re-runs", f"in  model: {tmp_path / 'run' / 'base' / 'model'}"):
+                 "[run] cpt (pretrain): upstream stage base re-runs", "[run] sft (sft): upstream stage cpt, kb re-runs",
+                 "[run] feedback (ai_feedback): upstream stage sft re-runs", f"in  model: {tmp_path / 'run' / 'base' / 'model'}"):
         assert line in out
     assert "weight 2" in out
     assert not (tmp_path / "run").exists()

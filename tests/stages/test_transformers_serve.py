@@ -1,0 +1,88 @@
+"""Against `transformers serve` on the tiny model (a real OpenAI-compatible server): as the judge, whose random
+replies are unparseable and must be retried, counted and reported; and as the generation endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.distributed.conftest import free_port
+from tests.stages.conftest import manifest, run_recipe, sample
+
+
+@pytest.fixture(scope="module")
+def talking_model(tmp_path_factory, tiny_model):
+    """The tiny model after 30 SFT steps: a random one's greedy tokens are special tokens, which decode to ""."""
+    root = tmp_path_factory.mktemp("talking")
+    stage = {"id": "sft", "kind": "sft", "inputs": {"model": str(tiny_model), "data": sample("dialogues.jsonl")},
+             "args": {"validation_fraction": 0},
+             "trainer": {"max_steps": 30, "learning_rate": 5e-3, "per_device_train_batch_size": 16, "max_length": 256}}
+    assert run_recipe(root, [stage]) == 0
+    return root / "run" / "sft" / "model"
+
+
+@pytest.fixture(scope="module")
+def served(talking_model):
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen(["transformers", "serve", str(talking_model), "--device", "cpu", "--port", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"transformers serve did not start: {process.stderr.read()[-2000:]}")
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1", str(talking_model)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_judge_replies_from_a_random_model_are_retried_counted_and_reported(tmp_path, tiny_model, served):
+    base_url, model = served
+    stage = {"id": "fb", "kind": "ai_feedback",
+             "inputs": {"model": str(tiny_model), "prompts": sample("doctor_dialogues.jsonl")},
+             "args": {"samples_per_prompt": 2, "max_prompts": 2, "max_new_tokens": 12, "max_failed_fraction": 1.0},
+             "reward": {"_component_": "reward.judge.LLMJudge", "model": model, "base_url": base_url,
+                        "api_key_env": None, "parse_retries": 1, "max_tokens": 24, "max_concurrency": 2,
+                        "timeout_s": 60.0}}
+    assert run_recipe(tmp_path, [stage]) == 0
+    metrics = manifest(tmp_path, "fb")["metrics"]
+    assert metrics["candidates"] == 4 and metrics["failed_scores"] == 4 and metrics["pairs"] == 0
+    assert metrics["judge"]["parse_failures"] == 4 * 2  # each asked once more, then given up: never a fake score
+    assert metrics["judge"]["requests_sent"] == 8 and metrics["judge"]["completion_tokens"] > 0
+    scored = [json.loads(line) for line in (tmp_path / "run" / "fb" / "scored.jsonl").read_text().splitlines()]
+    assert all(r["score"] is None and r["error"] for r in scored)
+
+
+def test_generation_through_the_server_writes_candidates_like_local_generation(tmp_path, served):
+    base_url, model = served
+    reward = {"_component_": "tests.helpers.rewards.CharOverlap"}
+    args = {"samples_per_prompt": 2, "max_prompts": 3, "max_new_tokens": 12}
+    local = {"id": "fb", "kind": "ai_feedback", "inputs": {"model": model,
+                                                           "prompts": sample("doctor_dialogues.jsonl")},
+             "args": args, "reward": reward}
+    remote = {**local, "args": {**args, "endpoint": {"base_url": base_url, "model": model}}}
+    (tmp_path / "local").mkdir()
+    (tmp_path / "remote").mkdir()
+    assert run_recipe(tmp_path / "local", [local]) == 0
+    assert run_recipe(tmp_path / "remote", [remote]) == 0
+
+    def candidates(root):
+        return [json.loads(line) for line in (root / "run" / "fb" / "candidates.jsonl").read_text().splitlines()]
+
+    a, b = candidates(tmp_path / "local"), candidates(tmp_path / "remote")
+    assert len(a) == len(b) == 6
+    assert [(r["prompt_id"], r["sample"], r["prompt"], r["reference"]) for r in a] == \
+        [(r["prompt_id"], r["sample"], r["prompt"], r["reference"]) for r in b]
+    assert all(isinstance(r["completion"], str) and r["completion"] for r in a + b)
