@@ -95,3 +95,24 @@ def test_scoring_killed_midway_resumes_without_repeating_a_cached_request(tmp_pa
     scored = [json.loads(line) for line in (tmp_path / "run" / "fb" / "scored.jsonl").read_text().splitlines()]
     assert sorted((r["prompt_id"], r["sample"]) for r in scored) == [(f"p{p}", s) for p in range(4) for s in range(4)]
     assert all(r["score"] is not None for r in scored)
+
+
+def listwise_reply(body: dict) -> str:
+    """Two candidates per request (samples_per_prompt=2): the one shown first gets 9, the other 2."""
+    criteria = ("informativeness", "coherence", "human_preference", "factual_accuracy")
+    return json.dumps({"candidates": [{"id": str(i + 1), "scores": {c: s for c in criteria}, "overall": s,
+                                       "rationale": "对照参考答案"} for i, s in enumerate((9, 2))]})
+
+
+def test_listwise_judge_scores_all_candidates_of_a_prompt_in_one_request(tmp_path, tiny_model, judge, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    judge.script(then=listwise_reply)
+    assert run_recipe(tmp_path, [stage(tmp_path, tiny_model, judge, mode="listwise")]) == 0
+    assert judge.count == 4  # 4 prompts, not 8 candidates
+    scored = [json.loads(line) for line in (tmp_path / "run" / "fb" / "scored.jsonl").read_text().splitlines()]
+    by_prompt: dict[str, list[float]] = {}
+    for row in scored:
+        by_prompt.setdefault(row["prompt_id"], []).append(row["score"])
+    for values in by_prompt.values():  # each verdict mapped back to one candidate: one 9/10-ish, one 2/10-ish
+        assert sorted(round(v, 4) for v in values) == [round(1 / 9, 4), round(8 / 9, 4)]
+    assert manifest(tmp_path, "fb")["metrics"]["pairs"] == 4
