@@ -7,11 +7,12 @@ turns bf16/fp16 off where there is no CUDA, and resumes from the stage's last ch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rlmed import dist
 from rlmed.components import build_component, import_object
@@ -160,15 +161,22 @@ def save_model(trainer: Any, tokenizer: Any, out_dir: Path, merged_dir: Path | N
         return
     tokenizer.save_pretrained(str(out_dir))
     if merged_dir is not None:
-        from transformers.integrations import deepspeed as hf_deepspeed
-
         from rlmed.models.lora import save_merged
 
-        # The merge loads the base afresh; with a ZeRO-3 config active that load would be partitioned.
-        active = getattr(trainer.args, "hf_deepspeed_config", None)
-        hf_deepspeed.unset_hf_deepspeed_config()
-        try:
+        with unpartitioned_loading(trainer):  # the merge loads the base afresh
             save_merged(out_dir, merged_dir, tokenizer)
-        finally:
-            if active is not None:
-                hf_deepspeed.set_hf_deepspeed_config(active)
+
+
+@contextlib.contextmanager
+def unpartitioned_loading(trainer: Any) -> Iterator[None]:
+    """Inside, `from_pretrained` loads whole models even while this trainer's ZeRO-3 config is active (it
+    would otherwise partition them across ranks, which a main-rank-only load must not do)."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    active = getattr(trainer.args, "hf_deepspeed_config", None)
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if active is not None:
+            hf_deepspeed.set_hf_deepspeed_config(active)

@@ -11,6 +11,7 @@ BUILTIN = {
     "pretrain": "rlmed.stages.pretrain",
     "sft": "rlmed.stages.sft",
     "ai_feedback": "rlmed.stages.ai_feedback",
+    "reward_model": "rlmed.stages.reward_model",
     "kb_instructions": "rlmed.stages.kb_instructions",
 }
 

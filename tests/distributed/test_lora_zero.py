@@ -27,3 +27,15 @@ def test_lora_sft_under_zero3_saves_adapter_and_merged_model(tmp_path, tiny_mode
         base = load_causal_lm(str(tiny_model))(input_ids=ids).logits
     assert torch.allclose(from_adapter, from_merged, atol=1e-5)
     assert not torch.allclose(from_adapter, base, atol=1e-3)  # the saved adapter holds trained weights
+
+
+def test_reward_model_under_zero3_two_ranks_reports_held_out_accuracy(tmp_path, tiny_model):
+    from tests.stages.test_reward_model import easy_pairs, rm_stage
+
+    stage = rm_stage(tiny_model, easy_pairs(tmp_path / "pairs.jsonl"))
+    stage["trainer"].update({"deepspeed": ZERO3, "per_device_train_batch_size": 4})
+    result = launch(recipe_file(tmp_path, "rm_zero3", [stage]), ranks=2)
+    assert result.returncode == 0, tail(result)
+    metrics = manifest(tmp_path / "rm_zero3" / "rm")["metrics"]
+    assert metrics["eval_pairs"] == 16 and 0.0 <= metrics["eval_pairwise_accuracy"] <= 1.0
+    assert (tmp_path / "rm_zero3" / "rm" / "model" / "model.safetensors").exists()
