@@ -1,0 +1,1 @@
+"""Reinforcement-learning pieces shared by the RL stages (PPO now; GRPO/RLOO later)."""
