@@ -12,6 +12,7 @@ BUILTIN = {
     "sft": "rlmed.stages.sft",
     "ai_feedback": "rlmed.stages.ai_feedback",
     "reward_model": "rlmed.stages.reward_model",
+    "grpo": "rlmed.stages.grpo",
     "kb_instructions": "rlmed.stages.kb_instructions",
 }
 

@@ -26,3 +26,20 @@ class CharOverlap:
             hit = len(reference & set(sample.completion)) / max(1, len(reference))
             scores.append(Score(value=self.scale * hit, parts={"overlap": hit}, rationale="chars in common"))
         return scores
+
+
+class Brevity:
+    """Shorter answers score higher (a learnable reward that varies from the first rollout); `shuffle` scores
+    a random permutation of the lengths instead, as a control that carries no signal."""
+
+    def __init__(self, shuffle: bool = False, seed: int = 0):
+        import random
+
+        self.shuffle = shuffle
+        self.rng = random.Random(seed)
+
+    async def score(self, samples: Sequence[Sample]) -> list[Score]:
+        values = [-len(s.completion) / 50.0 for s in samples]
+        if self.shuffle:
+            self.rng.shuffle(values)
+        return [Score(value=v) for v in values]

@@ -1,0 +1,42 @@
+"""grpo with an rlmed reward source: learning shows on held-out prompts; a shuffled-reward control does not."""
+
+from __future__ import annotations
+
+import json
+
+from tests.stages.conftest import manifest, run_recipe, sample
+
+# Held-out answers must get at least this much shorter (mean characters) with the learnable reward.
+MIN_SHORTENING = 5.0
+
+
+def grpo_stage(model, shuffle: bool) -> dict:
+    return {"id": "grpo", "kind": "grpo",
+            "inputs": {"model": str(model), "prompts": sample("doctor_dialogues.jsonl")},
+            "args": {"max_prompts": 40, "heldout_prompts": 8, "heldout_max_new_tokens": 24},
+            "reward": {"_component_": "tests.helpers.rewards.Brevity", "shuffle": shuffle},
+            "trainer": {"max_steps": 12, "learning_rate": 3e-3, "per_device_train_batch_size": 8,
+                        "num_generations": 4, "max_completion_length": 24, "logging_steps": 1}}
+
+
+def mean_length(path) -> float:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return sum(len(r["completion"]) for r in rows) / len(rows)
+
+
+def shortening(tmp_path) -> float:
+    stage_dir = tmp_path / "run" / "grpo"
+    return mean_length(stage_dir / "heldout_start.jsonl") - mean_length(stage_dir / "heldout_end.jsonl")
+
+
+def test_grpo_learns_a_learnable_reward_and_not_a_shuffled_one(tmp_path, tiny_model):
+    (tmp_path / "learn").mkdir()
+    (tmp_path / "control").mkdir()
+    assert run_recipe(tmp_path / "learn", [grpo_stage(tiny_model, shuffle=False)]) == 0
+    assert run_recipe(tmp_path / "control", [grpo_stage(tiny_model, shuffle=True)]) == 0
+    learned, control = shortening(tmp_path / "learn"), shortening(tmp_path / "control")
+    assert learned >= MIN_SHORTENING, (learned, control)
+    assert control < MIN_SHORTENING, (learned, control)
+    m = manifest(tmp_path / "learn", "grpo")["metrics"]
+    assert m["heldout_reward_end"] > m["heldout_reward_start"]
+    assert m["rewards_unscored"] == 0 and m["rewards_scored"] == 12 * 8
