@@ -37,6 +37,22 @@ class LoraSettings:
             raise ValueError(f"lora.dropout must be within 0..1, got {self.dropout}")
 
 
+@dataclass(kw_only=True)
+class ModelArgs:
+    """The arguments every stage that trains a model shares (a base for their `Args`)."""
+
+    dtype: str = "auto"
+    """Weights dtype when loading: auto (float32 on CPU), float32, bfloat16, float16."""
+    lora: LoraSettings | None = None
+    """Train LoRA adapters instead of all weights: {r, alpha, dropout, target_modules, modules_to_save}."""
+    merge: bool = False
+    """With lora: also write base + adapter merged into one full model (the `merged` output)."""
+
+    def __post_init__(self) -> None:
+        if self.merge and self.lora is None:
+            raise ValueError("merge: true needs a lora block (a full model needs no merging)")
+
+
 def wrap(model: Any, settings: LoraSettings) -> Any:
     """The model with trainable LoRA adapters (base weights frozen)."""
     from peft import LoraConfig, get_peft_model

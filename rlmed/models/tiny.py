@@ -24,10 +24,14 @@ logger = logging.getLogger(__name__)
 BUILD_VERSION = 1  # bump when the build changes, so stale cache entries are not reused
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TinySpec:
+    """The tiny model's shape (also the `tiny_model` stage's args)."""
+
     architecture: Literal["qwen2", "llama"] = "qwen2"
+    """Model family whose config and code are used."""
     vocab_size: int = 4096
+    """Tokenizer vocabulary size, special tokens included."""
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -35,6 +39,13 @@ class TinySpec:
     intermediate_size: int = 256
     max_position_embeddings: int = 2048
     seed: int = 0
+    """Seed of the weight initialisation."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+        if self.vocab_size < 300:
+            raise ValueError("vocab_size must be at least 300 (256 bytes + special tokens + merges)")
 
 
 def cache_root() -> Path:

@@ -18,25 +18,21 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rlmed.models.lora import LoraSettings
+from rlmed.models.lora import ModelArgs
 from rlmed.stages.base import Input, StageContext, StageSpec
 
 
 @dataclass(kw_only=True)
-class Args:
+class Args(ModelArgs):
     max_prompts: int | None = None
     """Use only the first N prompts (after expanding dialogues into one prompt per doctor turn)."""
     heldout_prompts: int = 0
     """Prompts kept out of training to measure the reward before and after."""
     heldout_max_new_tokens: int = 64
     max_failed_fraction: float = 0.2
-    dtype: str = "auto"
-    lora: LoraSettings | None = None
-    merge: bool = False
 
     def __post_init__(self) -> None:
-        if self.merge and self.lora is None:
-            raise ValueError("merge: true needs a lora block (a full model needs no merging)")
+        super().__post_init__()
         if not 0.0 <= self.max_failed_fraction <= 1.0:
             raise ValueError("max_failed_fraction must be within 0..1")
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rlmed.models.lora import LoraSettings
+from rlmed.models.lora import ModelArgs
 from rlmed.stages.base import DataSource, Input, StageContext, StageSpec
 
 
 @dataclass(kw_only=True)
-class Args:
+class Args(ModelArgs):
     max_length: int = 1024
     """Tokens per packed block."""
     instruction_ratio: float | None = None
@@ -25,16 +25,9 @@ class Args:
     """Documents after mixing (sources up- or down-sampled to reach it); None: the sum of the sources' rows."""
     validation_fraction: float = 0.05
     """Share of mixed documents held out for the eval loss; 0 turns evaluation off."""
-    dtype: str = "auto"
-    """Weights dtype when loading: auto (float32 on CPU), float32, bfloat16, float16."""
-    lora: LoraSettings | None = None
-    """Train LoRA adapters instead of all weights: {r, alpha, dropout, target_modules, modules_to_save}."""
-    merge: bool = False
-    """With lora: also write base + adapter merged into one full model (the `merged` output)."""
 
     def __post_init__(self) -> None:
-        if self.merge and self.lora is None:
-            raise ValueError("merge: true needs a lora block (a full model needs no merging)")
+        super().__post_init__()
         if self.instruction_ratio is not None and not 0.0 <= self.instruction_ratio <= 1.0:
             raise ValueError(f"instruction_ratio must be within 0..1, got {self.instruction_ratio}")
         if not 0.0 <= self.validation_fraction < 0.5:

@@ -13,31 +13,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rlmed.models.lora import LoraSettings
+from rlmed.models.lora import ModelArgs
 from rlmed.stages.base import Input, StageContext, StageSpec
 
 
 @dataclass(kw_only=True)
-class Args:
+class Args(ModelArgs):
     validation_fraction: float = 0.1
     """Share of pairs held out for accuracy and margin (0: none, no gate)."""
     min_accuracy: float | None = None
     """Fail the stage when held-out pairwise accuracy is below this (0..1)."""
     num_samples: int | None = None
     """Pairs after mixing; None: every pair once."""
-    dtype: str = "auto"
-    lora: LoraSettings | None = None
-    merge: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.validation_fraction < 0.5:
             raise ValueError(f"validation_fraction must be within 0..0.5, got {self.validation_fraction}")
         if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
             raise ValueError(f"min_accuracy must be within 0..1, got {self.min_accuracy}")
         if self.min_accuracy is not None and self.validation_fraction == 0:
             raise ValueError("min_accuracy needs held-out pairs: set validation_fraction above 0")
-        if self.merge and self.lora is None:
-            raise ValueError("merge: true needs a lora block (a full model needs no merging)")
 
 
 def side_ids(tokenizer: Any, prompt: list[dict], answer: str) -> list[int]:

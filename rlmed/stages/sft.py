@@ -13,28 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlmed.models.lora import LoraSettings
+from rlmed.models.lora import ModelArgs
 from rlmed.stages.base import Input, StageContext, StageSpec
 
 
 @dataclass(kw_only=True)
-class Args:
+class Args(ModelArgs):
     chat_template: str | None = None
     """Jinja chat template text, or a path to a .jinja file; None: the model's own template."""
     num_samples: int | None = None
     """Dialogues after mixing (sources up- or down-sampled to reach it); None: every row once."""
     validation_fraction: float = 0.05
     """Share of mixed dialogues held out for the eval loss (when no `validation` input); 0 turns it off."""
-    dtype: str = "auto"
-    """Weights dtype when loading: auto (float32 on CPU), float32, bfloat16, float16."""
-    lora: LoraSettings | None = None
-    """Train LoRA adapters instead of all weights: {r, alpha, dropout, target_modules, modules_to_save}."""
-    merge: bool = False
-    """With lora: also write base + adapter merged into one full model (the `merged` output)."""
 
     def __post_init__(self) -> None:
-        if self.merge and self.lora is None:
-            raise ValueError("merge: true needs a lora block (a full model needs no merging)")
+        super().__post_init__()
         if not 0.0 <= self.validation_fraction < 0.5:
             raise ValueError(f"validation_fraction must be within 0..0.5, got {self.validation_fraction}")
 
