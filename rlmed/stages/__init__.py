@@ -13,6 +13,7 @@ BUILTIN = {
     "ai_feedback": "rlmed.stages.ai_feedback",
     "reward_model": "rlmed.stages.reward_model",
     "grpo": "rlmed.stages.grpo",
+    "rloo": "rlmed.stages.rloo",
     "kb_instructions": "rlmed.stages.kb_instructions",
 }
 

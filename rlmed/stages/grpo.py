@@ -1,148 +1,13 @@
-"""Stage `grpo`: critic-free RL with trl's GRPOTrainer and any rlmed reward source.
+"""Stage `grpo`: critic-free RL with trl's GRPOTrainer (group-relative advantages) and any rlmed reward source.
 
-The recipe's `reward:` source (judge, reward model, rules, similarity, composite, a user's class) is adapted to
-trl's reward-function signature as an async function; each row's doctor reply reaches it as the sample's
-reference (a dataset column trl passes through), and the candidates of one prompt share a group id so a
-listwise judge ranks them together. A sample the source could not score is None: trl leaves it out of the
-update, rlmed counts it, and the stage fails when more than `max_failed_fraction` went unscored.
-
-With `heldout_prompts`, the first N prompts are kept out of training; one answer per held-out prompt is sampled
-(seeded) before and after training, written to heldout_start.jsonl / heldout_end.jsonl and scored with the same
-source, so the manifest shows whether the reward on unseen prompts rose.
+Everything but the trainer is shared with `rloo`: see rlmed.rl.online (reward adapter, None handling, held-out
+measurement before and after).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
-from typing import Any
-
-from rlmed.models.lora import ModelArgs
-from rlmed.stages.base import Input, StageContext, StageSpec
-
-
-@dataclass(kw_only=True)
-class Args(ModelArgs):
-    max_prompts: int | None = None
-    """Use only the first N prompts (after expanding dialogues into one prompt per doctor turn)."""
-    heldout_prompts: int = 0
-    """Prompts kept out of training to measure the reward before and after."""
-    heldout_max_new_tokens: int = 64
-    max_failed_fraction: float = 0.2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.max_failed_fraction <= 1.0:
-            raise ValueError("max_failed_fraction must be within 0..1")
-
-
-class RewardCounter:
-    """Counts what a reward source returned across the run, so unscored samples are reported, not hidden."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.unscored = 0
-        self.first_errors: list[str] = []
-
-    def add(self, scores: list[Any]) -> None:
-        self.total += len(scores)
-        for score in scores:
-            if score.value is None:
-                self.unscored += 1
-                if len(self.first_errors) < 5:
-                    self.first_errors.append(score.error or "no reason given")
-
-
-def trl_reward(source: Any, name: str, counter: RewardCounter) -> Any:
-    """An async function with trl's reward signature, scoring through `source` (one float or None each)."""
-    from reward.base import Sample
-
-    async def reward(prompts: list[Any], completions: list[Any], reference: list[Any] | None = None,
-                     **_: Any) -> list[float | None]:
-        samples = []
-        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-            messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            text = completion[-1]["content"] if isinstance(completion, list) else completion
-            group = hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
-            samples.append(Sample(prompt=messages, completion=text,
-                                  reference=reference[i] if reference is not None else None, group=group))
-        scores = await source.score(samples)
-        counter.add(scores)
-        return [s.value for s in scores]
-
-    reward.__name__ = name  # trl logs rewards/<name>/mean
-    return reward
-
-
-def sample_and_score(model_dir: str, prompts: list[dict[str, Any]], args: Args, source: Any,
-                     seed: int) -> list[dict[str, Any]]:
-    """One seeded answer per prompt from the model in `model_dir`, with its score."""
-    from types import SimpleNamespace
-
-    from reward.base import Sample, score_sync
-    from rlmed.generation import generate_hf
-
-    settings = SimpleNamespace(samples_per_prompt=1, temperature=1.0, top_p=1.0, batch_size=8,
-                               max_new_tokens=args.heldout_max_new_tokens, dtype=args.dtype)
-    answers = [a[0] for a in generate_hf(model_dir, [p["prompt"] for p in prompts], settings, seed=seed)]
-    scores = score_sync(source, [Sample(prompt=p["prompt"], completion=a, reference=p["reference"])
-                                 for p, a in zip(prompts, answers)])
-    return [{"prompt": p["prompt"], "completion": a, "score": s.value} for p, a, s in zip(prompts, answers, scores)]
-
-
-def _mean_score(rows: list[dict[str, Any]]) -> float | None:
-    values = [r["score"] for r in rows if r["score"] is not None]
-    return sum(values) / len(values) if values else None
-
-
-def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
-    from datasets import Dataset
-    from trl import GRPOTrainer
-
-    from rlmed import dist, training
-    from rlmed.artifacts import atomic_write_text
-    from rlmed.components import build_component
-    from rlmed.data.sources import doctor_prompts, load_sources
-    from rlmed.models.loading import load_causal_lm, load_tokenizer
-
-    loaded = load_sources(inputs["prompts"], doctor_prompts, seed=ctx.seed, keep_order=True)
-    rows = [{"prompt": p.messages, "reference": p.reference} for row in loaded.items for p in row]
-    if args.max_prompts is not None:
-        rows = rows[: args.max_prompts]
-    heldout, train_rows = rows[: args.heldout_prompts], rows[args.heldout_prompts:]
-    source = build_component(ctx.reward)
-    counter = RewardCounter()
-
-    def write_heldout(name: str, model_dir: str) -> float | None:
-        scored = sample_and_score(model_dir, heldout, args, source, seed=ctx.seed)
-        atomic_write_text(ctx.stage_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
-        return _mean_score(scored)
-
-    metrics: dict[str, Any] = {}
-    if heldout and dist.is_main():
-        metrics["heldout_reward_start"] = write_heldout("heldout_start.jsonl", inputs["model"])
-
-    tokenizer = load_tokenizer(inputs["model"])
-    config = training.trainer_config(ctx, "trl.GRPOConfig", has_eval=False, per_device_train_batch_size=8,
-                                     learning_rate=1e-6, num_train_epochs=1)
-    model, parameters = training.with_lora(load_causal_lm(inputs["model"], dtype=args.dtype), args.lora)
-    name = ctx.reward["_component_"].rsplit(".", 1)[-1]
-    trainer = GRPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
-                          reward_funcs=[trl_reward(source, name, counter)], processing_class=tokenizer,
-                          callbacks=training.callbacks(ctx))
-    metrics.update(training.train(ctx, trainer), **parameters, train_prompts=len(train_rows))
-    training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
-
-    metrics.update(rewards_scored=counter.total - counter.unscored, rewards_unscored=counter.unscored)
-    if counter.total and counter.unscored / counter.total > args.max_failed_fraction:
-        raise RuntimeError(f"{counter.unscored} of {counter.total} rewards could not be scored (more than "
-                           f"max_failed_fraction={args.max_failed_fraction}); first errors: {counter.first_errors}")
-    if heldout and dist.is_main():
-        with training.unpartitioned_loading(trainer):  # an adapter folder loads like a full model
-            metrics["heldout_reward_end"] = write_heldout("heldout_end.jsonl", str(ctx.output("model")))
-    return metrics
-
+from rlmed.rl.online import Args, make_run
+from rlmed.stages.base import Input, StageSpec
 
 SPEC = StageSpec(
     kind="grpo",
@@ -153,7 +18,7 @@ SPEC = StageSpec(
     },
     outputs={"model": "model", "merged": "merged"},
     optional_outputs=frozenset({"merged"}),
-    run=run,
+    run=make_run("trl.GRPOTrainer", "trl.GRPOConfig"),
     trainer_config="trl.GRPOConfig",
     reward="required",
     doc=__doc__,

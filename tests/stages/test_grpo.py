@@ -1,4 +1,5 @@
-"""grpo with an rlmed reward source: learning shows on held-out prompts; a shuffled-reward control does not."""
+"""grpo and rloo with an rlmed reward source: learning shows on held-out prompts; a shuffled-reward control
+does not."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from tests.stages.conftest import manifest, run_recipe, sample
 MIN_SHORTENING = 5.0
 
 
-def grpo_stage(model, shuffle: bool) -> dict:
-    return {"id": "grpo", "kind": "grpo",
+def grpo_stage(model, shuffle: bool, kind: str = "grpo") -> dict:
+    return {"id": "grpo", "kind": kind,
             "inputs": {"model": str(model), "prompts": sample("doctor_dialogues.jsonl")},
             "args": {"max_prompts": 40, "heldout_prompts": 8, "heldout_max_new_tokens": 24},
             "reward": {"_component_": "tests.helpers.rewards.Brevity", "shuffle": shuffle},
@@ -40,3 +41,9 @@ def test_grpo_learns_a_learnable_reward_and_not_a_shuffled_one(tmp_path, tiny_mo
     m = manifest(tmp_path / "learn", "grpo")["metrics"]
     assert m["heldout_reward_end"] > m["heldout_reward_start"]
     assert m["rewards_unscored"] == 0 and m["rewards_scored"] == 12 * 8
+
+
+def test_rloo_learns_the_same_reward(tmp_path, tiny_model):
+    assert run_recipe(tmp_path, [grpo_stage(tiny_model, shuffle=False, kind="rloo")]) == 0
+    assert shortening(tmp_path) >= MIN_SHORTENING
+    assert manifest(tmp_path, "grpo")["kind"] == "rloo"
