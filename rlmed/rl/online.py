@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlmed.models.lora import ModelArgs
-from rlmed.stages.base import StageContext
+from rlmed.stages.base import Input, StageContext, StageSpec
 
 
 @dataclass(kw_only=True)
@@ -151,3 +151,21 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
         with training.unpartitioned_loading(trainer):  # an adapter folder loads like a full model
             metrics["heldout_reward_end"] = write_heldout("heldout_end.jsonl", str(ctx.output("model")))
     return metrics
+
+
+def make_spec(kind: str, trainer_path: str, config_path: str, doc: str) -> StageSpec:
+    """The StageSpec of an online-RL stage that trains with the trl trainer at `trainer_path`."""
+    return StageSpec(
+        kind=kind,
+        args=Args,
+        inputs={
+            "model": Input("model", doc="the policy to improve (also the reference when trainer.beta > 0)"),
+            "prompts": Input("data", many=True, doc="prompts, with the doctor's reply as reference when they have one"),
+        },
+        outputs={"model": "model", "merged": "merged"},
+        optional_outputs=frozenset({"merged"}),
+        run=make_run(trainer_path, config_path),
+        trainer_config=config_path,
+        reward="required",
+        doc=doc,
+    )

@@ -6,20 +6,6 @@ measurement before and after).
 
 from __future__ import annotations
 
-from rlmed.rl.online import Args, make_run
-from rlmed.stages.base import Input, StageSpec
+from rlmed.rl.online import make_spec
 
-SPEC = StageSpec(
-    kind="grpo",
-    args=Args,
-    inputs={
-        "model": Input("model", doc="the policy to improve (also the reference when trainer.beta > 0)"),
-        "prompts": Input("data", many=True, doc="prompts, with the doctor's reply as reference when they have one"),
-    },
-    outputs={"model": "model", "merged": "merged"},
-    optional_outputs=frozenset({"merged"}),
-    run=make_run("trl.GRPOTrainer", "trl.GRPOConfig"),
-    trainer_config="trl.GRPOConfig",
-    reward="required",
-    doc=__doc__,
-)
+SPEC = make_spec("grpo", "trl.GRPOTrainer", "trl.GRPOConfig", __doc__)
