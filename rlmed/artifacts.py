@@ -64,6 +64,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def atomic_write_jsonl(path: Path, rows: Any) -> None:
+    """Rows as a JSON-lines file, written whole and renamed into place (never half a file)."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The rows of a JSON-lines file that rlmed wrote (blank lines skipped)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def stable_hash(obj: Any) -> str:
     """sha256 of a JSON-able object in canonical form (sorted keys), for config hashes."""
     text = json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
@@ -157,14 +167,12 @@ class MetricsLog:
             sink({k: v for k, v in record.items() if k != "step"}, step)
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_jsonl(self.path) if self.path.exists() else []
 
     def truncate_after(self, step: int) -> None:
         """Drop records logged after `step`: a resumed run logs those steps again."""
         kept = [r for r in self.read() if r.get("step") is None or r["step"] <= step]
-        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        atomic_write_jsonl(self.path, kept)
 
 
 def _jsonable(value: Any) -> Any:

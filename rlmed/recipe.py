@@ -70,7 +70,7 @@ class Stage:
             "trainer": self.trainer,
             "callbacks": self.callbacks,
             "reward": self.reward,
-            "inputs": {k: _describe_input(v) for k, v in self.inputs.items()},
+            "inputs": {k: describe_input(v) for k, v in self.inputs.items()},
         }
 
 
@@ -100,11 +100,13 @@ def component_refs(spec: Any) -> list[Ref]:
     return [ref] if ref is not None else []
 
 
-def _describe_input(value: Any) -> Any:
+def describe_input(value: Any) -> Any:
+    """An input as JSON-able data, for config hashes and manifests: data sources as their fields (a nested
+    `Ref` becomes {stage, output}), paths and references as strings."""
     if isinstance(value, list):
-        return [_describe_input(v) for v in value]
+        return [describe_input(v) for v in value]
     if dataclasses.is_dataclass(value):
-        return {k: str(v) if isinstance(v, Ref) else v for k, v in dataclasses.asdict(value).items()}
+        return dataclasses.asdict(value)
     return str(value)
 
 

@@ -28,7 +28,7 @@ from rlmed.artifacts import (
     read_manifest, stable_hash,
 )
 from rlmed.inputs import Ref, parse_ref
-from rlmed.recipe import Recipe, Stage, component_refs
+from rlmed.recipe import Recipe, Stage, component_refs, describe_input
 from rlmed.stages.base import DataSource, StageContext
 from rlmed.tracking import StageRun, redact
 
@@ -259,7 +259,7 @@ class Runner:
             "recipe": {"path": str(self.recipe.path), "name": self.recipe.name},
             "config_hash": fingerprint["config_hash"],
             "config": redact(stage.config()),
-            "inputs": {name: _describe(value) for name, value in planned.inputs.items()},
+            "inputs": {name: describe_input(value) for name, value in planned.inputs.items()},
             "input_hashes": fingerprint["inputs"],
             "outputs": {name: str(path) for name, path in planned.outputs.items()},
             "metrics": metrics,
@@ -281,16 +281,6 @@ class Runner:
         logger.info("stage %s (%s) done in %.1fs%s; outputs in %s", stage.id, stage.kind, duration,
                     f": {summary}" if summary else "", stage_dir)
         return manifest
-
-
-def _describe(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_describe(v) for v in value]
-    if isinstance(value, DataSource):
-        described = dataclasses.asdict(value)
-        described["path"] = str(value.path)
-        return described
-    return str(value)
 
 
 def _short(value: float) -> str:

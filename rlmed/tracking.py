@@ -76,7 +76,6 @@ class StageRun:
                  config: dict[str, Any], run_dir: Path):
         import wandb
 
-        self._wandb = wandb
         self.run = wandb.init(
             project=settings.project, entity=settings.entity, tags=settings.tags or None,
             group=settings.group or recipe_name, job_type=kind, name=stage_id, config=redact(config),

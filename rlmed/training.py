@@ -60,18 +60,16 @@ def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **stage_
     return config_cls(**fields)
 
 
-class _MetricsCallback:
-    """Appends every log event of the trainer to the stage's metrics.jsonl."""
+def metrics_callback(ctx: StageContext) -> Any:
+    """A trainer callback that appends every log event of the trainer to the stage's metrics.jsonl."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, ctx: StageContext):
-        from transformers import TrainerCallback
+    class MetricsCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                ctx.metrics.log(dict(logs), step=state.global_step)
 
-        class MetricsCallback(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and state.is_world_process_zero:
-                    ctx.metrics.log(dict(logs), step=state.global_step)
-
-        return MetricsCallback()
+    return MetricsCallback()
 
 
 # Shown in the progress bar's postfix; everything else logged goes only to metrics.jsonl (and W&B).
@@ -95,7 +93,7 @@ def _quiet_progress(trainer: Any) -> None:
 
 def callbacks(ctx: StageContext) -> list[Any]:
     """The metrics logger plus the recipe's own `callbacks:` components."""
-    return [_MetricsCallback(ctx)] + [build_component(spec) for spec in ctx.callbacks]
+    return [metrics_callback(ctx)] + [build_component(spec) for spec in ctx.callbacks]
 
 
 def last_checkpoint(ctx: StageContext) -> str | None:

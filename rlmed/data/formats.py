@@ -23,7 +23,6 @@ __all__ = ["FORMATS", "SOURCE_FORMATS", "detect_format", "as_messages", "as_text
            "require_string", "optional_string", "check_order", "describe_keys"]
 
 FORMATS = ("text", "alpaca", "sharegpt", "messages")
-DIALOGUE_FORMATS = ("alpaca", "sharegpt", "messages")
 # Formats of whole inputs rather than of single rows: preference pairs (rlmed.data.pairwise) and prompts with
 # the real doctor's reply (rlmed.data.dialogues). A recipe's `format:` may name any of SOURCE_FORMATS.
 PAIRWISE = "pairwise"

@@ -110,7 +110,7 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
     from datasets import Dataset
 
     from rlmed import dist, training
-    from rlmed.artifacts import atomic_write_text
+    from rlmed.artifacts import atomic_write_jsonl
     from rlmed.components import build_component, import_object
     from rlmed.data.sources import doctor_prompts, load_sources
     from rlmed.models.loading import load_causal_lm, load_tokenizer
@@ -125,7 +125,7 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
 
     def write_heldout(name: str, model_dir: str) -> float | None:
         scored = sample_and_score(model_dir, heldout, args, source, seed=ctx.seed)
-        atomic_write_text(ctx.stage_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
+        atomic_write_jsonl(ctx.stage_dir / name, scored)
         return _mean_score(scored)
 
     metrics: dict[str, Any] = {}

@@ -13,12 +13,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from rlmed.artifacts import atomic_write_jsonl, read_jsonl
 from rlmed.stages.base import Input, StageContext, StageSpec
 
 
@@ -58,16 +57,6 @@ class Args:
             raise ValueError("max_failed_fraction must be within 0..1")
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    from rlmed.artifacts import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def load_prompts(inputs: dict[str, Any], args: Args, seed: int) -> list[dict[str, Any]]:
     from rlmed.data.sources import doctor_prompts, load_sources
 
@@ -93,11 +82,11 @@ def generate_candidates(ctx: StageContext, inputs: dict[str, Any], args: Args,
             for p, samples in zip(mine, texts) for j, t in enumerate(samples)]
     if dist.world_size() == 1:
         return rows
-    _write_jsonl(ctx.stage_dir / f"candidates.rank{dist.rank()}.jsonl", rows)
+    atomic_write_jsonl(ctx.stage_dir / f"candidates.rank{dist.rank()}.jsonl", rows)
     dist.barrier()
     if not dist.is_main():
         return []
-    merged = [r for rank in range(dist.world_size()) for r in _read_jsonl(ctx.stage_dir / f"candidates.rank{rank}.jsonl")]
+    merged = [r for rank in range(dist.world_size()) for r in read_jsonl(ctx.stage_dir / f"candidates.rank{rank}.jsonl")]
     order = {p["id"]: i for i, p in enumerate(prompts)}
     return sorted(merged, key=lambda r: (order[r["prompt_id"]], r["sample"]))
 
@@ -188,19 +177,19 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     candidates_file = ctx.output("candidates")
     if ctx.resume and candidates_file.exists():
         ctx.log.info("resuming: scoring the candidates already in %s", candidates_file)
-        candidates = _read_jsonl(candidates_file) if dist.is_main() else []
+        candidates = read_jsonl(candidates_file) if dist.is_main() else []
     else:
         candidates = generate_candidates(ctx, inputs, args, prompts)
         if dist.is_main():
-            _write_jsonl(candidates_file, candidates)
+            atomic_write_jsonl(candidates_file, candidates)
     if not dist.is_main():
         return {}  # scoring is I/O-bound and concurrent inside the source; the main rank does it
     ctx.log.info("scoring %d candidates of %d prompts", len(candidates), len(prompts))
     source = build_source(ctx)
     scored = score_candidates(source, candidates)
-    _write_jsonl(ctx.output("scored"), scored)
+    atomic_write_jsonl(ctx.output("scored"), scored)
     pairs, counts = make_pairs(scored, args.min_margin)
-    _write_jsonl(ctx.output("pairs"), pairs)
+    atomic_write_jsonl(ctx.output("pairs"), pairs)
     metrics = summary(scored, pairs, counts, source)
     ctx.metrics.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     if metrics["failed_fraction"] > args.max_failed_fraction:

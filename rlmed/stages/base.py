@@ -77,7 +77,6 @@ class StageContext:
     outputs: dict[str, Path] = field(default_factory=dict)
     resume: bool = False  # a checkpoint in stage_dir comes from this same config and may be resumed
     metrics: MetricsLog = field(init=False)
-    final_metrics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from rlmed.artifacts import METRICS

@@ -13,7 +13,6 @@ its `format:` is not used, since knowledge-base rows are not dialogues.
 
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +98,7 @@ def render(record: Record, args: Args, fields: list[list[str]]) -> list[tuple[in
 
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
-    from rlmed.artifacts import atomic_write_text
+    from rlmed.artifacts import atomic_write_jsonl
     from rlmed.data.sources import bad_row_metrics, load_sources
 
     fields = [placeholders(t, i) for i, t in enumerate(args.templates)]
@@ -131,7 +130,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
             row = {"instruction": question, "input": "", "output": answer}
             if args.system is not None:
                 row["system"] = args.system
-            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+            lines.append(row)
     if not lines:
         raise DataError(", ".join(s.path for s in inputs["table"]), None,
                         "no row has all the fields of any template; nothing to write")
@@ -139,7 +138,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
         if not count:
             ctx.log.warning("templates[%d] matched no row (%d rows lacked one of its fields)", index, skipped[index])
     # Written whole and renamed into place, so a crash never leaves a half file a later stage could read.
-    atomic_write_text(ctx.output("instructions"), "".join(lines))
+    atomic_write_jsonl(ctx.output("instructions"), lines)
     ctx.log.info("kb_instructions: %d rows, %d pairs written (per template: %s)", rows_read, len(lines), pairs)
     return {"rows_read": rows_read, "pairs_written": len(lines), "pairs_per_template": pairs,
             "skipped_per_template": skipped, **bad_row_metrics(loaded)}
