@@ -155,6 +155,7 @@ class MetricsLog:
         self.path = Path(path)
         # Also called with every record (e.g. W&B), so what is logged anywhere is in metrics.jsonl too.
         self.sinks: list[Any] = []
+        self.table_sinks: list[Any] = []  # called with (name, rows, step) for every table logged
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         record = {k: _jsonable(v) for k, v in metrics.items()}
@@ -166,13 +167,31 @@ class MetricsLog:
         for sink in self.sinks:
             sink({k: v for k, v in record.items() if k != "step"}, step)
 
+    def log_table(self, name: str, rows: list[dict[str, Any]], step: int | None = None) -> None:
+        """Append rows (e.g. sampled answers) to tables/<name>.jsonl beside metrics.jsonl, each with its step."""
+        path = self.tables_dir / f"{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            for row in rows:
+                record = {"step": step, **{k: _jsonable(v) for k, v in row.items()}}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for sink in self.table_sinks:
+            sink(name, rows, step)
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.path.parent / "tables"
+
     def read(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path) if self.path.exists() else []
 
     def truncate_after(self, step: int) -> None:
-        """Drop records logged after `step`: a resumed run logs those steps again."""
-        kept = [r for r in self.read() if r.get("step") is None or r["step"] <= step]
-        atomic_write_jsonl(self.path, kept)
+        """Drop records (and table rows) logged after `step`: a resumed run logs those steps again."""
+        files = [self.path] + (sorted(self.tables_dir.glob("*.jsonl")) if self.tables_dir.is_dir() else [])
+        for path in files:
+            if path.exists():
+                kept = [r for r in read_jsonl(path) if r.get("step") is None or r["step"] <= step]
+                atomic_write_jsonl(path, kept)
 
 
 def _jsonable(value: Any) -> Any:

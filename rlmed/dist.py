@@ -82,6 +82,20 @@ def broadcast(value: Any) -> Any:
     return holder[0]
 
 
+def all_sum(values: list[float]) -> list[float]:
+    """Element-wise sums of `values` over all ranks (the values themselves with one process)."""
+    if world_size() <= 1 or not _initialized():
+        return list(values)
+    import torch
+    import torch.distributed as torch_dist
+
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if torch.cuda.is_available():
+        tensor = tensor.cuda()
+    torch_dist.all_reduce(tensor)
+    return tensor.cpu().tolist()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

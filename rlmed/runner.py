@@ -234,6 +234,7 @@ class Runner:
                 tracker = StageRun(self.recipe.wandb, self.recipe.name, stage.id, stage.kind, stage.config(),
                                    self.run_dir)
                 ctx.metrics.sinks.append(tracker.log)
+                ctx.metrics.table_sinks.append(tracker.log_table)
             runs_here = stage.spec.ranks == "all" or dist.is_main()
             metrics = (stage.spec.run(ctx, planned.inputs, stage.args) or {}) if runs_here else {}
         except Exception as exc:

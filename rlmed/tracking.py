@@ -69,6 +69,13 @@ def redact(obj: Any, _secrets: set[str] | None = None) -> Any:
     return obj
 
 
+def _cell(value: Any) -> Any:
+    """A table cell: W&B tables take scalars and strings, so lists and dicts are shown as JSON text."""
+    import json
+
+    return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value, ensure_ascii=False)
+
+
 class StageRun:
     """One W&B run for one stage; `log` is a metrics sink, `finish` records the summary."""
 
@@ -86,6 +93,16 @@ class StageRun:
     def log(self, metrics: dict[str, Any], step: int | None) -> None:
         values = {k: v for k, v in metrics.items() if k != "step"}
         self.run.log(values, step=step)
+
+    def log_table(self, name: str, rows: list[dict[str, Any]], step: int | None) -> None:
+        """Rows as a W&B table (one per call; W&B shows the latest and keeps each step's)."""
+        import wandb
+
+        if not rows:
+            return
+        columns = list(rows[0])
+        table = wandb.Table(columns=columns, data=[[redact(_cell(row.get(c))) for c in columns] for row in rows])
+        self.run.log({name: table}, step=step)
 
     def finish(self, summary: dict[str, Any] | None, failed: bool = False) -> None:
         if summary:

@@ -136,12 +136,12 @@ def train(ctx: StageContext, trainer: Any) -> dict[str, Any]:
     return metrics
 
 
-def with_lora(model: Any, settings: Any) -> tuple[Any, dict[str, int]]:
+def with_lora(model: Any, settings: Any, task_type: str = "CAUSAL_LM") -> tuple[Any, dict[str, int]]:
     """`model` wrapped with LoRA adapters when `settings` is given; parameter counts for the manifest."""
     if settings is not None:
         from rlmed.models.lora import wrap
 
-        model = wrap(model, settings)
+        model = wrap(model, settings, task_type)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return model, {"trainable_parameters": trainable, "total_parameters": total}

@@ -63,3 +63,29 @@ def load_causal_lm(name_or_path: str, dtype: str = "auto", **kwargs: Any) -> Any
         logger.info("%s is a LoRA adapter on %s; merging it into the base weights", name_or_path, base)
         model = apply_adapter(model, name_or_path)
     return model
+
+
+def load_scalar_head_model(name_or_path: str, dtype: str = "auto", pad_token_id: int | None = None) -> Any:
+    """AutoModelForSequenceClassification with one output (a reward or value model) from a folder or Hub id.
+
+    A reward model saved by `reward_model` loads with its trained head; a causal LM gets a new, randomly
+    initialised head on its backbone. A LoRA adapter folder loads transparently, as in load_causal_lm.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlmed.models.lora import adapter_base, apply_adapter
+
+    torch_dtype: Any = ("auto" if torch.cuda.is_available() else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+    base = adapter_base(name_or_path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(base or name_or_path, num_labels=1,
+                                                                   dtype=torch_dtype)
+    except Exception as exc:
+        what = f"base model of the adapter in '{name_or_path}'" if base else "model"
+        raise _explain(base or name_or_path, what, exc) from exc
+    if base:
+        model = apply_adapter(model, name_or_path)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model

@@ -53,14 +53,15 @@ class ModelArgs:
             raise ValueError("merge: true needs a lora block (a full model needs no merging)")
 
 
-def wrap(model: Any, settings: LoraSettings) -> Any:
-    """The model with trainable LoRA adapters (base weights frozen)."""
+def wrap(model: Any, settings: LoraSettings, task_type: str = "CAUSAL_LM") -> Any:
+    """The model with trainable LoRA adapters (base weights frozen). task_type SEQ_CLS also trains the scalar
+    head of a reward or value model in full."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=settings.target_modules, modules_to_save=settings.modules_to_save or None,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     peft_model = get_peft_model(model, config)
     trainable, total = peft_model.get_nb_trainable_parameters()

@@ -96,6 +96,32 @@ def _mean_score(rows: list[dict[str, Any]]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def heldout_writer(ctx: StageContext, args: Args, heldout: list[dict[str, Any]], source: Any) -> Any:
+    """A function (file name, model folder) -> mean score that samples the held-out prompts with that model,
+    scores them and writes them to the stage folder."""
+    from rlmed.artifacts import atomic_write_jsonl
+
+    def write(name: str, model_dir: str) -> float | None:
+        scored = sample_and_score(model_dir, heldout, args, source, seed=ctx.seed)
+        atomic_write_jsonl(ctx.stage_dir / name, scored)
+        return _mean_score(scored)
+
+    return write
+
+
+def prompt_rows(inputs: dict[str, Any], args: Args, seed: int) -> tuple[list[dict], list[dict]]:
+    """The prompts ({prompt, reference}) in file order, split into held-out and training rows."""
+    from rlmed.data.sources import doctor_prompts, load_sources
+
+    loaded = load_sources(inputs["prompts"], doctor_prompts, seed=seed, keep_order=True)
+    rows = [{"prompt": p.messages, "reference": p.reference} for row in loaded.items for p in row]
+    if args.max_prompts is not None:
+        rows = rows[: args.max_prompts]
+    if len(rows) <= args.heldout_prompts:
+        raise ValueError(f"{len(rows)} prompts, but heldout_prompts={args.heldout_prompts} leaves none to train on")
+    return rows[: args.heldout_prompts], rows[args.heldout_prompts:]
+
+
 def make_run(trainer_path: str, config_path: str) -> Any:
     """The stage's run function, training with the trl trainer at `trainer_path` (GRPO or RLOO)."""
 
@@ -110,24 +136,14 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
     from datasets import Dataset
 
     from rlmed import dist, training
-    from rlmed.artifacts import atomic_write_jsonl
     from rlmed.components import build_component, import_object
-    from rlmed.data.sources import doctor_prompts, load_sources
     from rlmed.models.loading import load_causal_lm, load_tokenizer
 
-    loaded = load_sources(inputs["prompts"], doctor_prompts, seed=ctx.seed, keep_order=True)
-    rows = [{"prompt": p.messages, "reference": p.reference} for row in loaded.items for p in row]
-    if args.max_prompts is not None:
-        rows = rows[: args.max_prompts]
-    heldout, train_rows = rows[: args.heldout_prompts], rows[args.heldout_prompts:]
+    heldout, train_rows = prompt_rows(inputs, args, ctx.seed)
     source = build_component(ctx.reward)
     counter = RewardCounter()
 
-    def write_heldout(name: str, model_dir: str) -> float | None:
-        scored = sample_and_score(model_dir, heldout, args, source, seed=ctx.seed)
-        atomic_write_jsonl(ctx.stage_dir / name, scored)
-        return _mean_score(scored)
-
+    write_heldout = heldout_writer(ctx, args, heldout, source)
     metrics: dict[str, Any] = {}
     if heldout and dist.is_main():
         metrics["heldout_reward_start"] = write_heldout("heldout_start.jsonl", inputs["model"])

@@ -14,6 +14,7 @@ BUILTIN = {
     "reward_model": "rlmed.stages.reward_model",
     "grpo": "rlmed.stages.grpo",
     "rloo": "rlmed.stages.rloo",
+    "ppo": "rlmed.stages.ppo",
     "kb_instructions": "rlmed.stages.kb_instructions",
 }
 

@@ -81,7 +81,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     if base != inputs["model"]:  # a LoRA model input: its adapter applies to the same backbone
         model = apply_adapter(model, inputs["model"])
     model.config.pad_token_id = tokenizer.pad_token_id
-    model, parameters = training.with_lora(model, args.lora)
+    model, parameters = training.with_lora(model, args.lora, task_type="SEQ_CLS")  # SEQ_CLS: the head trains too
     trainer = RewardTrainer(model=model, args=config, train_dataset=tokenized(train_pairs),
                             eval_dataset=tokenized(eval_pairs) if eval_pairs else None,
                             processing_class=tokenizer, callbacks=training.callbacks(ctx))

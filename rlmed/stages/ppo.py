@@ -1,0 +1,161 @@
+"""Stage `ppo`: PPO with a value model and a frozen reference, against any rlmed reward source (methods.md §4).
+
+HuatuoGPT's alignment step: the policy (input `model`) samples one answer per prompt, the recipe's `reward:`
+source scores it (reward model, LLM judge with the doctor's reply as reference, rules, composite, a user's
+class), a per-token KL penalty against the reference keeps it close to the input model, and GAE advantages drive
+clipped policy and value updates for `ppo_epochs` passes over each rollout. The value model starts from
+`inputs.value_model` (HuatuoGPT: the reward model) or, when that is absent, from the policy with a new head.
+
+The loop lives in rlmed.rl.ppo_trainer (a transformers Trainer, so ZeRO-2/3, checkpoints and resume are the
+Trainer's); the math in rlmed.rl.ppo_math. The `trainer:` block takes transformers.TrainingArguments fields
+(learning rate, per-device micro-batch, gradient accumulation, deepspeed, ...); its length and checkpoint
+interval are set here in rollouts (`num_rollouts`, `save_every_rollouts`), so that checkpoints fall on rollout
+boundaries and resume exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rlmed.rl.online import Args as OnlineArgs
+from rlmed.stages.base import Input, StageContext, StageSpec
+
+# Trainer fields this stage derives from its rollout arguments.
+DERIVED_TRAINER_FIELDS = {"max_steps": "num_rollouts", "num_train_epochs": "num_rollouts",
+                          "save_steps": "save_every_rollouts", "save_strategy": "save_every_rollouts"}
+
+
+@dataclass(kw_only=True)
+class Args(OnlineArgs):
+    num_rollouts: int = 20
+    """Rollouts to train for (each: generate, score, then ppo_epochs passes of updates)."""
+    rollout_batch_size: int = 16
+    """Prompts per rank per rollout, one answer each; a multiple of micro-batch × gradient accumulation."""
+    ppo_epochs: int = 2
+    """Passes of minibatch updates over each rollout."""
+    generation_batch_size: int = 16
+    """Prompts generated for at once."""
+    max_prompt_length: int = 256
+    """Prompt tokens kept (the end of longer dialogues)."""
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kl_coef: float = 0.05
+    """KL penalty β (the starting value when kl_target is set)."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimate: k1 = log π/π_ref, k3 = (r - 1) - log r, always ≥ 0."""
+    kl_target: float | None = None
+    """Adaptive KL: steer β so the per-answer KL approaches this (None: fixed β)."""
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the score of an answer cut at max_new_tokens without EOS."""
+    save_every_rollouts: int = 5
+    samples_logged: int = 4
+    """Answers per rollout written to the samples table (tables/samples.jsonl and W&B)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_rollouts", "rollout_batch_size", "ppo_epochs", "generation_batch_size", "max_new_tokens",
+                     "save_every_rollouts", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise ValueError("kl_target must be above 0 (or null for a fixed kl_coef)")
+        if not (0 < self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError("gamma must be within (0, 1] and lam within [0, 1]")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be above 0")
+
+
+def micro_batching(ctx: StageContext, args: Args) -> tuple[int, int]:
+    """Steps per rollout for the Trainer (optimizer steps) after checking the batch sizes fit together."""
+    for key, arg in DERIVED_TRAINER_FIELDS.items():
+        if key in ctx.trainer:
+            raise ValueError(f"trainer.{key} is derived from args.{arg} in a ppo stage; remove it from trainer:")
+    micro = ctx.trainer.get("per_device_train_batch_size", 8)
+    accumulation = ctx.trainer.get("gradient_accumulation_steps", 1)
+    if args.rollout_batch_size % (micro * accumulation):
+        raise ValueError(f"args.rollout_batch_size={args.rollout_batch_size} must be a multiple of "
+                         f"trainer.per_device_train_batch_size × gradient_accumulation_steps = {micro * accumulation}")
+    return args.ppo_epochs * args.rollout_batch_size // (micro * accumulation), micro
+
+
+def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
+    from rlmed import dist, training
+    from rlmed.components import build_component
+    from rlmed.data.chat import render_prompt
+    from rlmed.models.loading import load_causal_lm, load_scalar_head_model, load_tokenizer
+    from rlmed.rl.online import heldout_writer, prompt_rows
+    from rlmed.rl.ppo_trainer import PPOTrainer
+
+    steps_per_rollout, micro = micro_batching(ctx, args)
+    heldout, train_rows = prompt_rows(inputs, args, ctx.seed)
+    source = build_component(ctx.reward)
+
+    write_heldout = heldout_writer(ctx, args, heldout, source)
+    metrics: dict[str, Any] = {}
+    if heldout and dist.is_main():
+        metrics["heldout_reward_start"] = write_heldout("heldout_start.jsonl", inputs["model"])
+
+    tokenizer = load_tokenizer(inputs["model"])
+    prompts = [{"ids": tokenizer(render_prompt(tokenizer, r["prompt"]), add_special_tokens=False)["input_ids"]
+                [-args.max_prompt_length:], "messages": r["prompt"], "reference": r["reference"]} for r in train_rows]
+    # Built before any model loads, so that under ZeRO-3 the loads below are partitioned across ranks.
+    config = training.trainer_config(
+        ctx, "transformers.TrainingArguments", has_eval=False, per_device_train_batch_size=micro,
+        learning_rate=1e-5, max_steps=args.num_rollouts * steps_per_rollout,
+        save_steps=args.save_every_rollouts * steps_per_rollout, remove_unused_columns=False,
+        lr_scheduler_type="constant")  # RL rewards move; a decay to 0 would stop learning by the last rollouts
+    from transformers import set_seed
+
+    set_seed(ctx.seed)  # a value head started from the policy is initialised randomly: by the seed, not by chance
+    policy, parameters = training.with_lora(load_causal_lm(inputs["model"], dtype=args.dtype), args.lora)
+    value_from = inputs.get("value_model") or inputs["model"]
+    value_model, _ = training.with_lora(
+        load_scalar_head_model(value_from, dtype=args.dtype, pad_token_id=tokenizer.pad_token_id), args.lora,
+        task_type="SEQ_CLS")
+    reference = None
+    if args.lora is None:  # with LoRA the reference is the policy with its adapter disabled: no second copy
+        reference = load_causal_lm(inputs["model"], dtype=args.dtype).requires_grad_(False)
+
+    trainer = PPOTrainer(policy=policy, value_model=value_model, ref_model=reference, settings=args,
+                         prompts=prompts, reward_source=source, tokenizer=tokenizer, args=config,
+                         callbacks=training.callbacks(ctx),
+                         sample_sink=lambda rows, step: ctx.metrics.log_table("samples", rows, step))
+    metrics.update(training.train(ctx, trainer), **parameters, train_prompts=len(prompts),
+                   value_model_from=str(value_from))
+    rollouts = [r for r in trainer.state.log_history if "reward_mean" in r]
+    if rollouts:
+        metrics.update(first_reward_mean=rollouts[0]["reward_mean"], last_reward_mean=rollouts[-1]["reward_mean"],
+                       last_kl=rollouts[-1]["kl"], kl_coef=rollouts[-1]["kl_coef"])
+    total, unscored = trainer.run_counts  # over all ranks
+    metrics.update(rewards_scored=total - unscored, rewards_unscored=unscored)
+    training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
+    if heldout and dist.is_main():
+        with training.unpartitioned_loading(trainer):  # an adapter folder loads like a full model
+            metrics["heldout_reward_end"] = write_heldout("heldout_end.jsonl", str(ctx.output("model")))
+    return metrics
+
+
+SPEC = StageSpec(
+    kind="ppo",
+    args=Args,
+    inputs={
+        "model": Input("model", doc="the policy to improve; also the frozen KL reference"),
+        "prompts": Input("data", many=True, doc="prompts, with the doctor's reply as reference when they have one"),
+        "value_model": Input("model", required=False,
+                             doc="where the value model starts (HuatuoGPT: the reward model); default: the policy"),
+    },
+    outputs={"model": "model", "merged": "merged"},
+    optional_outputs=frozenset({"merged"}),
+    run=run,
+    trainer_config="transformers.TrainingArguments",
+    reward="required",
+    doc=__doc__,
+)
