@@ -13,13 +13,53 @@ of long inputs (the completion), because the head reads the last token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from reward.base import Sample, Score
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def whole_weights() -> Iterator[None]:
+    """Load with any active ZeRO-3 config suspended: inside a ZeRO-3 training process (PPO) from_pretrained
+    would partition the weights across ranks, but this model runs its own forward on each rank's samples."""
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    weak_ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    active = weak_ref() if weak_ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if active is not None:
+            hf_deepspeed.set_hf_deepspeed_config(active)
+
+
+def _load_scalar_model(path: str, dtype: Any) -> Any:
+    """A full reward model folder, or a LoRA adapter folder (its recorded base with the adapter merged in)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification
+
+    adapter_config = Path(path) / "adapter_config.json"
+    if not adapter_config.is_file():
+        return AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+    from peft import PeftModel
+
+    base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter_config} records no base_model_name_or_path")
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
+    return PeftModel.from_pretrained(model, path).merge_and_unload()
 
 
 class RewardModelLoadError(RuntimeError):
@@ -54,9 +94,11 @@ class RewardModel:
             if self._model is not None:
                 return
             import torch
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from transformers import AutoTokenizer
 
-            device = torch.device(self.device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+            # Each rank of a multi-GPU job scores on its own GPU, not all on cuda:0.
+            local = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+            device = torch.device(self.device_name or (local if torch.cuda.is_available() else "cpu"))
             if self.dtype == "auto":
                 dtype: Any = "auto"
             else:
@@ -65,7 +107,8 @@ class RewardModel:
                     raise ValueError(f"dtype must be 'auto' or a torch dtype name, got {self.dtype!r}")
             try:
                 tokenizer = AutoTokenizer.from_pretrained(self.path)
-                model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=dtype)
+                with whole_weights():
+                    model = _load_scalar_model(self.path, dtype)
             except Exception as exc:  # transformers raises OSError, ValueError, HF errors...: report them alike
                 raise RewardModelLoadError(
                     f"could not load a sequence-classification reward model from {self.path!r}: {exc}"

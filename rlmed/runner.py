@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 
 # What the one-line stage summary shows when a stage reports them (all numeric metrics otherwise).
-SUMMARY_KEYS = ("global_step", "first_loss", "last_loss", "eval_loss", "train_runtime")
+SUMMARY_KEYS = ("global_step", "first_loss", "last_loss", "eval_loss", "last_reward_mean", "heldout_reward_start",
+                "heldout_reward_end", "train_runtime")
 
 
 class RunError(RuntimeError):

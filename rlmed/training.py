@@ -7,12 +7,11 @@ turns bf16/fp16 off where there is no CUDA, and resumes from the stage's last ch
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rlmed import dist
 from rlmed.components import build_component, import_object
@@ -142,12 +141,14 @@ def with_lora(model: Any, settings: Any, task_type: str = "CAUSAL_LM") -> tuple[
         from rlmed.models.lora import wrap
 
         model = wrap(model, settings, task_type)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # Under ZeRO-3 a parameter partitioned at load has numel() 0 here; ds_numel is its full size.
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     return model, {"trainable_parameters": trainable, "total_parameters": total}
 
 
-def save_model(trainer: Any, tokenizer: Any, out_dir: Path, merged_dir: Path | None = None) -> None:
+def save_model(trainer: Any, tokenizer: Any, out_dir: Path, merged_dir: Path | None = None,
+               scalar_head: bool = False) -> None:
     """The stage's `model` artifact: a folder any later stage (or transformers) loads by path — a full model,
     or for LoRA an adapter folder recording its base; with `merged_dir`, also base + adapter merged there.
 
@@ -162,19 +163,12 @@ def save_model(trainer: Any, tokenizer: Any, out_dir: Path, merged_dir: Path | N
         from rlmed.models.lora import save_merged
 
         with unpartitioned_loading(trainer):  # the merge loads the base afresh
-            save_merged(out_dir, merged_dir, tokenizer)
+            save_merged(out_dir, merged_dir, tokenizer, scalar_head=scalar_head)
 
 
-@contextlib.contextmanager
-def unpartitioned_loading(trainer: Any) -> Iterator[None]:
+def unpartitioned_loading(trainer: Any) -> Any:
     """Inside, `from_pretrained` loads whole models even while this trainer's ZeRO-3 config is active (it
     would otherwise partition them across ranks, which a main-rank-only load must not do)."""
-    from transformers.integrations import deepspeed as hf_deepspeed
+    from reward.model import whole_weights
 
-    active = getattr(trainer.args, "hf_deepspeed_config", None)
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        if active is not None:
-            hf_deepspeed.set_hf_deepspeed_config(active)
+    return whole_weights()

@@ -28,6 +28,10 @@ def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
     assert feedback["candidates"] == 48 * 4 and feedback["failed_scores"] == 0 and feedback["pairs"] > 0
     rm = json.loads((tmp_path / "run" / "rm" / "manifest.json").read_text())["metrics"]
     assert rm["train_pairs"] + rm["eval_pairs"] == feedback["pairs"] and 0.0 <= rm["eval_pairwise_accuracy"] <= 1.0
+    ppo = json.loads((tmp_path / "run" / "ppo" / "manifest.json").read_text())
+    assert ppo["metrics"]["rewards_unscored"] == 0 and ppo["metrics"]["value_model_from"].endswith("rm/model")
+    assert "reward:$rm.model" in ppo["input_hashes"]
+    assert (tmp_path / "run" / "ppo" / "tables" / "samples.jsonl").exists()
     grpo = json.loads((tmp_path / "run" / "grpo" / "manifest.json").read_text())
     assert grpo["metrics"]["rewards_unscored"] == 0 and "reward:$rm.model" in grpo["input_hashes"]
     kb = json.loads((tmp_path / "run" / "kb" / "manifest.json").read_text())["metrics"]
@@ -40,4 +44,4 @@ def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
 
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0
-    assert second.stderr.count("skipped, up to date") == 7
+    assert second.stderr.count("skipped, up to date") == 8

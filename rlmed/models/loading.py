@@ -77,13 +77,23 @@ def load_scalar_head_model(name_or_path: str, dtype: str = "auto", pad_token_id:
     from rlmed.models.lora import adapter_base, apply_adapter
 
     torch_dtype: Any = ("auto" if torch.cuda.is_available() else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+    from transformers.utils import logging as hf_logging
+
     base = adapter_base(name_or_path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a causal LM has no head yet: transformers' "MISSING score.weight" is expected
     try:
         model = AutoModelForSequenceClassification.from_pretrained(base or name_or_path, num_labels=1,
-                                                                   dtype=torch_dtype)
+                                                                   dtype=torch_dtype, output_loading_info=True)
     except Exception as exc:
         what = f"base model of the adapter in '{name_or_path}'" if base else "model"
         raise _explain(base or name_or_path, what, exc) from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model, info = model
+    new_head = [k for k in info.get("missing_keys", []) if k.split(".")[0] in ("score", "classifier")]
+    if new_head:
+        logger.info("%s has no scalar head: %s initialised randomly", name_or_path, ", ".join(sorted(new_head)))
     if base:
         model = apply_adapter(model, name_or_path)
     if pad_token_id is not None:

@@ -85,15 +85,19 @@ def apply_adapter(base_model: Any, adapter_dir: str | Path) -> Any:
     return PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
 
 
-def save_merged(adapter_dir: Path, out_dir: Path, tokenizer: Any) -> None:
+def save_merged(adapter_dir: Path, out_dir: Path, tokenizer: Any, scalar_head: bool = False) -> None:
     """Write base + adapter as one full model folder.
 
     Loaded afresh from the saved adapter (not from the trainer's model), so it works whatever sharding the
     training used; the caller makes sure no ZeRO-3 config is active, or the load would be partitioned.
     """
-    from rlmed.models.loading import load_causal_lm
+    from rlmed.models.loading import load_causal_lm, load_scalar_head_model
 
-    merged = load_causal_lm(str(adapter_dir), dtype="float32")
+    # A reward model merges as what it is (a scalar head on the backbone), not as a causal LM.
+    load = load_scalar_head_model if scalar_head else load_causal_lm
+    merged = load(str(adapter_dir), dtype="float32")
+    if scalar_head:
+        merged.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     merged.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     logger.info("merged model written to %s", out_dir)

@@ -86,12 +86,13 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
                             eval_dataset=tokenized(eval_pairs) if eval_pairs else None,
                             processing_class=tokenizer, callbacks=training.callbacks(ctx))
     metrics = training.train(ctx, trainer)
-    training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
+    training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None,
+                        scalar_head=True)
     metrics.update(parameters, train_pairs=len(train_pairs), **bad_row_metrics(loaded))
     if eval_pairs and dist.is_main():
         scored_dir = ctx.output("merged") if args.merge else ctx.output("model")
         with training.unpartitioned_loading(trainer):
-            held_out = held_out_metrics(str(scored_dir), eval_pairs) if args.lora is None or args.merge else {}
+            held_out = held_out_metrics(str(scored_dir), eval_pairs)
         metrics.update(held_out)
         ctx.metrics.log(held_out, step=metrics.get("global_step"))
         accuracy = held_out.get("eval_pairwise_accuracy")

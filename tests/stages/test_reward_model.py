@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from reward.base import Sample, score_sync
 from reward.model import RewardModel
 from tests.conftest import write_jsonl
@@ -46,3 +48,47 @@ def test_min_accuracy_gate_fails_the_stage_before_later_stages(tmp_path, tiny_mo
     assert run_recipe(tmp_path, [stage]) == 1
     assert "is below min_accuracy=0.75" in capsys.readouterr().err
     assert not (tmp_path / "run" / "rm" / "manifest.json").exists()
+
+
+def varied_pairs(path, n: int, shuffle_seed: int | None = None):
+    """A careful answer against a curt one, worded differently on every row; with `shuffle_seed`, each pair's
+    sides are swapped by a coin flip, so the labels carry no signal."""
+    import random
+
+    rng = random.Random(shuffle_seed)
+    rows = []
+    for i in range(n):
+        age, days = i % 9 + 1, i % 4 + 1
+        prompt = [{"role": "user", "content": f"孩子{age}岁，咳嗽{days}天了，需要怎么处理？"}]
+        good = f"{age}岁孩子咳嗽{days}天，先观察精神和呼吸，多喝温水，夜间抬高枕头；如果气促、高热或超过一周不好，请及时就医。"
+        bad = ["随便。", "不清楚。", "多喝水。", "没事。"][i % 4]
+        chosen, rejected = (good, bad) if shuffle_seed is None or rng.random() < 0.5 else (bad, good)
+        rows.append({"messages": prompt, "chosen": chosen, "rejected": rejected})
+    return write_jsonl(path, rows)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_held_out_accuracy_is_high_on_real_labels_and_near_chance_on_shuffled_ones(tmp_path, tiny_model, shuffled):
+    pairs = varied_pairs(tmp_path / "pairs.jsonl", n=128, shuffle_seed=7 if shuffled else None)
+    assert run_recipe(tmp_path, [rm_stage(tiny_model, pairs)]) == 0  # 32 pairs held out
+    accuracy = manifest(tmp_path, "rm")["metrics"]["eval_pairwise_accuracy"]
+    if shuffled:
+        assert abs(accuracy - 0.5) <= 0.25, accuracy  # 32 coin flips: 0.5 ± 0.09 (one standard deviation)
+    else:
+        assert accuracy >= 0.9, accuracy
+
+
+def test_lora_reward_model_trains_and_saves_its_scalar_head(tmp_path, tiny_model):
+    from safetensors.torch import load_file
+
+    stage = rm_stage(tiny_model, easy_pairs(tmp_path / "pairs.jsonl"), lora={"r": 8, "alpha": 16}, merge=True)
+    assert run_recipe(tmp_path, [stage]) == 0
+    adapter = load_file(str(tmp_path / "run" / "rm" / "model" / "adapter_model.safetensors"))
+    assert any(".score." in key for key in adapter), sorted(adapter)[:5]  # the new head is not left at random
+    assert manifest(tmp_path, "rm")["metrics"]["eval_pairwise_accuracy"] >= 0.9
+    # The adapter folder and the merged folder both load as a RewardModel source, and score alike.
+    prompt = [{"role": "user", "content": "孩子发烧了怎么办？"}]
+    samples = [Sample(prompt=prompt, completion=GOOD), Sample(prompt=prompt, completion=BAD)]
+    adapter_scores = [s.value for s in score_sync(RewardModel(str(tmp_path / "run" / "rm" / "model")), samples)]
+    merged_scores = [s.value for s in score_sync(RewardModel(str(tmp_path / "run" / "rm" / "merged")), samples)]
+    assert adapter_scores == pytest.approx(merged_scores, abs=1e-4) and adapter_scores[0] > adapter_scores[1]
