@@ -312,7 +312,8 @@ class PPOTrainer(Trainer):
         self._totals.add(samples=len(rows), scored=n_valid, reward_sum=float((score * valid).sum()),
                          reward_sq_sum=float((score ** 2 * valid).sum()), kl_sum=float(kl.sum()),
                          length_sum=float(lengths.sum()), missing_eos=float(missing_eos.sum()),
-                         time_generation=generated - started, time_scoring=scored - generated)
+                         time_generation=generated - started, time_scoring=scored - generated,
+                         time_experience=time.perf_counter() - scored)
         for sc in scores:
             for name, value in (sc.parts or {}).items():
                 self._totals.add(**{f"part_sum/{name}": value, f"part_n/{name}": 1.0})
@@ -386,7 +387,7 @@ class PPOTrainer(Trainer):
         }
         for key in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "value_clip_fraction", "entropy"):
             stats[key] = totals[key] / micro
-        for key in ("time_generation", "time_scoring", "time_training"):
+        for key in ("time_generation", "time_scoring", "time_experience", "time_training"):
             stats[key] = totals[key] / world  # mean over ranks, seconds
         for key in keys:
             if key.startswith("part_sum/"):

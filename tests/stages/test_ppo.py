@@ -68,7 +68,7 @@ def test_ppo_learns_a_learnable_reward_and_not_a_shuffled_one(tmp_path, tiny_mod
     assert [r["step"] for r in logged] == [4 * k for k in range(1, ROLLOUTS + 1)]  # 2 epochs × 2 minibatches
     assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update
     for key in ("reward_std", "entropy", "policy_loss", "value_loss", "clip_fraction", "approx_kl",
-                "response_length", "time_generation", "time_scoring", "time_training"):
+                "response_length", "time_generation", "time_scoring", "time_experience", "time_training"):
         assert all(key in r for r in logged), key
 
 
