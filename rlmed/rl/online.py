@@ -136,11 +136,12 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
     from datasets import Dataset
 
     from rlmed import dist, training
-    from rlmed.components import build_component, import_object
+    from rlmed.components import import_object
+    from rlmed.rl.sources import build_reward_source
     from rlmed.models.loading import load_causal_lm, load_tokenizer
 
     heldout, train_rows = prompt_rows(inputs, args, ctx.seed)
-    source = build_component(ctx.reward)
+    source = build_reward_source(ctx.reward, ctx.run_dir)
     counter = RewardCounter()
 
     write_heldout = heldout_writer(ctx, args, heldout, source)

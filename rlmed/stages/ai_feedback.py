@@ -91,23 +91,6 @@ def generate_candidates(ctx: StageContext, inputs: dict[str, Any], args: Args,
     return sorted(merged, key=lambda r: (order[r["prompt_id"]], r["sample"]))
 
 
-def build_source(ctx: StageContext) -> Any:
-    """The recipe's reward source; a judge gets a cache in run_dir/judge_cache (one shard per rank) unless the
-    recipe set one."""
-    import inspect
-
-    from rlmed import dist
-    from rlmed.components import build_component, import_object
-
-    spec = dict(ctx.reward or {})
-    params = inspect.signature(import_object(spec["_component_"])).parameters
-    if "cache_dir" in params and "cache_dir" not in spec:
-        spec["cache_dir"] = str(ctx.run_dir / "judge_cache")
-        if "cache_shard" in params:
-            spec.setdefault("cache_shard", str(dist.rank()))
-    return build_component(spec)
-
-
 def score_candidates(source: Any, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from reward.base import Sample, score_sync
 
@@ -172,6 +155,7 @@ def summary(scored: list[dict[str, Any]], pairs: list[dict[str, Any]], counts: d
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
     from rlmed import dist
+    from rlmed.rl.sources import build_reward_source
 
     prompts = load_prompts(inputs, args, ctx.seed)
     candidates_file = ctx.output("candidates")
@@ -185,7 +169,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     if not dist.is_main():
         return {}  # scoring is I/O-bound and concurrent inside the source; the main rank does it
     ctx.log.info("scoring %d candidates of %d prompts", len(candidates), len(prompts))
-    source = build_source(ctx)
+    source = build_reward_source(ctx.reward, ctx.run_dir)
     scored = score_candidates(source, candidates)
     atomic_write_jsonl(ctx.output("scored"), scored)
     pairs, counts = make_pairs(scored, args.min_margin)

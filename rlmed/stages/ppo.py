@@ -88,7 +88,7 @@ def micro_batching(ctx: StageContext, args: Args) -> tuple[int, int]:
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
     from rlmed import dist, training
-    from rlmed.components import build_component
+    from rlmed.rl.sources import build_reward_source
     from rlmed.data.chat import render_prompt
     from rlmed.models.loading import load_causal_lm, load_scalar_head_model, load_tokenizer
     from rlmed.rl.online import heldout_writer, prompt_rows
@@ -96,7 +96,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
 
     steps_per_rollout, micro = micro_batching(ctx, args)
     heldout, train_rows = prompt_rows(inputs, args, ctx.seed)
-    source = build_component(ctx.reward)
+    source = build_reward_source(ctx.reward, ctx.run_dir)
 
     write_heldout = heldout_writer(ctx, args, heldout, source)
     metrics: dict[str, Any] = {}

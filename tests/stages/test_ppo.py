@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, read_metrics, write_recipe
+from tests.reward.server import JudgeServer
+from tests.stages.test_feedback_sources import pointwise_reply
 from tests.stages.conftest import manifest, run_recipe, sample
 from tests.stages.test_grpo import mean_length
 
@@ -138,6 +140,26 @@ def test_samples_table_holds_prompt_response_reference_reward(tmp_path, tiny_mod
     rows = [json.loads(line) for line in (tmp_path / "run" / "ppo" / "tables" / "samples.jsonl").open(encoding="utf-8")]
     assert [(r["step"], r["rollout"]) for r in rows] == [(4, 1)] * 3 + [(8, 2)] * 3
     assert all(r["prompt"] and r["reference"] and isinstance(r["reward"], float) and r["rationale"] for r in rows)
+
+
+def test_llm_judge_reward_sees_the_doctor_reply_and_its_verdicts_are_cached(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("RLMED_TEST_JUDGE_KEY", "sk-ppo-test")
+    with JudgeServer() as judge:
+        judge.script(then=pointwise_reply)
+        inner = {"_component_": "reward.judge.LLMJudge", "model": "judge-test", "base_url": judge.base_url,
+                 "api_key_env": "RLMED_TEST_JUDGE_KEY", "timeout_s": 10.0}
+        # Inside a Composite, the judge still gets the run's judge cache.
+        reward = {"_component_": "reward.composite.Composite", "normalize": "none", "sources": [inner]}
+        stage = ppo_stage(tiny_model, reward, num_rollouts=2, heldout_prompts=0, samples_logged=16)
+        assert run_recipe(tmp_path, [stage]) == 0
+        requests = [json.dumps(body, ensure_ascii=False) for body in judge.received]
+    assert len(requests) == 2 * 16
+    rows = [json.loads(line) for line in (tmp_path / "run" / "ppo" / "tables" / "samples.jsonl").open(encoding="utf-8")]
+    assert all(any(r["reference"] in body for body in requests) for r in rows)  # the doctor's reply was shown
+    assert all("按参考答案评估" in r["rationale"] for r in rows)
+    cached = sum(len(f.read_text(encoding="utf-8").splitlines()) for f in (tmp_path / "run" / "judge_cache").rglob("*.jsonl"))
+    assert cached == 32
+    assert "sk-ppo-test" not in (tmp_path / "run" / "ppo" / "manifest.json").read_text()
 
 
 @pytest.mark.parametrize("change, message", [
