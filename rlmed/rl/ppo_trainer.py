@@ -72,17 +72,34 @@ class PolicyAndValue(nn.Module):
                           use_cache=False).last_hidden_state
         return logits, head(hidden).squeeze(-1).float()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        # Non-reentrant by default: with a LoRA model's frozen embeddings, reentrant checkpointing would see no
+        # input that requires grad and pass no gradient to the adapters.
+        kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
         for model in (self.policy, self.value_model):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
+                                                 every_n_layers=every_n_layers, offload=offload)
+            if hasattr(model, "peft_config"):
+                model.enable_input_require_grads()
+
+    def activation_checkpointing_disable(self) -> None:
+        for model in (self.policy, self.value_model):
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            base.activation_checkpointing_disable()
+
+    # The older names, which trl's generation unwrapping still calls around generate().
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        for model in (self.policy, self.value_model):
-            model.gradient_checkpointing_disable()
+        self.activation_checkpointing_disable()
 
     @property
     def is_gradient_checkpointing(self) -> bool:  # read by trl's generation unwrapping
-        return bool(getattr(self.policy, "is_activation_checkpointing", False))
+        base = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
+        return bool(getattr(base, "is_activation_checkpointing", False))
 
 
 class RolloutBatches:

@@ -109,6 +109,7 @@ def test_lora_policy_uses_the_adapter_disabled_reference_and_saves_an_adapter(tm
 
     stage = ppo_stage(tiny_model, brevity(), num_rollouts=2, heldout_prompts=4, kl_estimator="k3",
                       lora={"r": 8, "alpha": 16, "dropout": 0.0}, merge=True)
+    stage["trainer"]["gradient_checkpointing"] = True  # adapters must still get gradients through checkpoints
     assert run_recipe(tmp_path, [stage]) == 0
     logged = rollouts(tmp_path)
     assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-6) and logged[1]["kl"] > 0  # adapter starts as a no-op
@@ -127,7 +128,10 @@ def test_lora_policy_uses_the_adapter_disabled_reference_and_saves_an_adapter(tm
 
 def test_adaptive_kl_controller_moves_beta_toward_its_target(tmp_path, tiny_model):
     stage = ppo_stage(tiny_model, brevity(), num_rollouts=4, heldout_prompts=0, kl_target=0.01, kl_horizon=64)
+    # Micro-batches of 4 accumulated in pairs: the same 4 optimizer steps per rollout as 8 × 1.
+    stage["trainer"].update(per_device_train_batch_size=4, gradient_accumulation_steps=2, gradient_checkpointing=True)
     assert run_recipe(tmp_path, [stage]) == 0
+    assert [r["step"] for r in rollouts(tmp_path)] == [4, 8, 12, 16]
     betas = [r["kl_coef"] for r in rollouts(tmp_path)]
     # The first rollout's KL is 0 (policy == reference), below target: β shrinks; then KL overshoots: β grows.
     assert betas[1] < betas[0] == 0.01 and betas[-1] > betas[1]
