@@ -21,9 +21,10 @@ def test_full_size_dry_run_reports_only_the_absent_user_data_files(monkeypatch, 
     monkeypatch.chdir(ROOT)
     assert main(["run", f"recipes/{recipe}.yaml", "--dry-run"]) == 2
     problems = [line.strip() for line in capsys.readouterr().err.splitlines()[1:] if line.strip()]
-    assert len(problems) == len(absent), problems
+    assert problems, "the absent data files must be reported"
     reported = set()
     for line in problems:
+        # Every problem is a missing data file (one line per stage that reads it); nothing else is wrong.
         assert line.startswith(f"recipes/{recipe}.yaml: stage '") and ": data file not found: '" in line, line
         reported.add(line.split("data file not found: '")[1].split("'")[0])
     assert reported == absent  # the 7B Hub id, the DeepSpeed config, trainer fields, the judge: all fine
