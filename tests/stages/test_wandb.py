@@ -50,3 +50,20 @@ def test_two_stage_recipe_logs_two_grouped_offline_runs_matching_metrics(tmp_pat
         for path in Path(tmp_path / "run").rglob("*"):
             if path.is_file() and path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
                 assert secret.encode() not in path.read_bytes(), path
+
+
+def test_ppo_rollouts_and_samples_table_reach_wandb(tmp_path, tiny_model, monkeypatch):
+    from tests.stages.test_ppo import brevity, ppo_stage
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    stage = ppo_stage(tiny_model, brevity(), num_rollouts=2, heldout_prompts=0, samples_logged=2)
+    assert run_recipe(tmp_path, [stage], wandb={"project": "rlmed-test"}) == 0
+    (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    history = summarise(run_file)["history"]
+    # The table arrives flattened into nested keys (samples/_type, samples/nrows, ...).
+    assert [history[step]["samples/_type"] for step in (4, 8)] == ["table-file", "table-file"]
+    assert history[4]["samples/nrows"] == 2 and history[4]["samples/ncols"] == 6
+    for record in read_metrics(tmp_path / "run" / "ppo"):
+        if "reward_mean" in record:
+            assert history[record["step"]]["reward_mean"] == record["reward_mean"]
