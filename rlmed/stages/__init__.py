@@ -15,6 +15,7 @@ BUILTIN = {
     "grpo": "rlmed.stages.grpo",
     "rloo": "rlmed.stages.rloo",
     "ppo": "rlmed.stages.ppo",
+    "dpo": "rlmed.stages.dpo",
     "kb_instructions": "rlmed.stages.kb_instructions",
 }
 
