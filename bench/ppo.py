@@ -25,14 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "data" / "sample"
-PRESETS = {
-    "tiny": {"vocab_size": 4096, "hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-             "intermediate_size": 384},
-    "0.5b": {"vocab_size": 4096, "hidden_size": 896, "num_layers": 24, "num_heads": 14, "num_kv_heads": 2,
-             "intermediate_size": 4864},
-}
+from bench.presets import PRESETS, ROOT, SAMPLE
 
 
 def recipe(run_dir: Path, preset: str, rollouts: int, batch: int, new_tokens: int) -> dict:

@@ -94,15 +94,37 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_command(args: argparse.Namespace) -> int:
+    from rlmed.models import mole
+
+    if not (args.adapter / "mole_config.json").is_file():
+        print(f"rlmed export: {args.adapter} is not a MoLE adapter folder (no mole_config.json); a full model or a "
+              "LoRA adapter needs no export (LoRA: use merge: true)", file=sys.stderr)
+        return 2
+    try:
+        mole.export(args.adapter, args.out)
+    except mole.MoleLoadError as exc:
+        print(f"rlmed export: {exc}", file=sys.stderr)
+        return 1
+    logger.info("serving folder written to %s (load: see rlmed.models.mole)", args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="rlmed", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub.add_parser("run", help="run a recipe's stages in order"))
+    export = sub.add_parser("export", help="write a MoLE adapter as a serving folder (universal expert merged)")
+    export.add_argument("adapter", type=Path, help="a mole stage's model folder, e.g. runs/tiny/experts/model")
+    export.add_argument("out", type=Path, help="the folder to write (base + universal merged, experts/)")
+    export.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if args.command == "run":
         return run_command(args)
+    if args.command == "export":
+        return export_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

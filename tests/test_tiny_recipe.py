@@ -34,6 +34,12 @@ def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
     assert (tmp_path / "run" / "ppo" / "tables" / "samples.jsonl").exists()
     grpo = json.loads((tmp_path / "run" / "grpo" / "manifest.json").read_text())
     assert grpo["metrics"]["rewards_unscored"] == 0 and "reward:$rm.model" in grpo["input_hashes"]
+    dfpo = json.loads((tmp_path / "run" / "dfpo" / "manifest.json").read_text())["metrics"]
+    assert dfpo["objective"] == "dfpo" and "eval_rewards/accuracies" in dfpo
+    experts = json.loads((tmp_path / "run" / "experts" / "manifest.json").read_text())["metrics"]
+    assert experts["tasks"] == 3 and experts["routing_task_distance_end"] > experts["routing_task_distance_start"]
+    assert (tmp_path / "run" / "experts" / "model" / "mole_config.json").exists()
+    assert (tmp_path / "run" / "experts" / "merged" / "experts" / "mole_config.json").exists()
     kb = json.loads((tmp_path / "run" / "kb" / "manifest.json").read_text())["metrics"]
     assert kb["pairs_written"] == 2 * 16 + 3 * 20  # two drug templates x 16 drugs, three disease ones x 20
     for stage, fraction in LOSS_FRACTION.items():
@@ -44,4 +50,4 @@ def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
 
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0
-    assert second.stderr.count("skipped, up to date") == 8
+    assert second.stderr.count("skipped, up to date") == 10

@@ -38,6 +38,28 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
     return tokenizer
 
 
+def _load_mole(name_or_path: str) -> Any:
+    """A MoLE adapter folder, or a MoLE serving export, loaded with its experts; None for anything else.
+
+    Checked first: a MoLE adapter looks like a LoRA adapter and an export's root like a full model, and either
+    generic path would drop the routed experts without a word.
+    """
+    from pathlib import Path
+
+    path = Path(name_or_path)
+    if (path / "mole_config.json").is_file():
+        from rlmed.models.mole import load
+
+        logger.info("%s is a MoLE adapter; loading its base with every expert and router", name_or_path)
+        return load(None, path)
+    if (path / "experts" / "mole_config.json").is_file():
+        from rlmed.models.mole import load_exported
+
+        logger.info("%s is a MoLE serving export; loading it with its routed experts", name_or_path)
+        return load_exported(path)
+    return None
+
+
 def load_causal_lm(name_or_path: str, dtype: str = "auto", **kwargs: Any) -> Any:
     """AutoModelForCausalLM from a folder or Hub id; `dtype` 'auto' keeps the checkpoint's dtype on GPU and
     uses float32 on CPU (bf16 matmuls on CPU are slow and fp16 ones unsupported).
@@ -53,6 +75,9 @@ def load_causal_lm(name_or_path: str, dtype: str = "auto", **kwargs: Any) -> Any
         torch_dtype: Any = "auto" if torch.cuda.is_available() else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
+    mole_model = _load_mole(name_or_path)
+    if mole_model is not None:
+        return mole_model
     base = adapter_base(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(base or name_or_path, dtype=torch_dtype, **kwargs)

@@ -16,6 +16,7 @@ BUILTIN = {
     "rloo": "rlmed.stages.rloo",
     "ppo": "rlmed.stages.ppo",
     "dpo": "rlmed.stages.dpo",
+    "mole": "rlmed.stages.mole",
     "kb_instructions": "rlmed.stages.kb_instructions",
 }
 

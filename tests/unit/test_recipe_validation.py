@@ -204,12 +204,12 @@ def test_every_problem_is_reported_at_once(files):
     stages[0]["args"] = {"hidden_size": "big"}
     stages[1]["trainer"] = {"learning_rat": 1}
     stages[1]["inputs"]["data"] = "nope.jsonl"
-    stages.append({"id": "sft", "kind": "dpo"})
+    stages.append({"id": "sft", "kind": "distill"})
     problems = problems_of(files, {"name": "x", "extra": 1, "stages": stages})
     assert len(problems) == 6, problems
     joined = "\n".join(problems)
     for expected in ("extra: unknown top-level key", "args.hidden_size", "trainer.learning_rat",
-                     "nope.jsonl", "duplicate stage id 'sft'", "unknown stage kind 'dpo'"):
+                     "nope.jsonl", "duplicate stage id 'sft'", "unknown stage kind 'distill'"):
         assert expected in joined
 
 
