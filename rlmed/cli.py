@@ -110,6 +110,20 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_command(args: argparse.Namespace) -> int:
+    from rlmed.eval.report import ReportError, main_report
+
+    try:
+        written = main_report(args.run_dir)
+    except ReportError as exc:
+        print(f"rlmed report: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        if path.suffix == ".md":
+            print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="rlmed", description=__doc__.splitlines()[0])
@@ -119,12 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("adapter", type=Path, help="a mole stage's model folder, e.g. runs/tiny/experts/model")
     export.add_argument("out", type=Path, help="the folder to write (base + universal merged, experts/)")
     export.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    report = sub.add_parser("report", help="regenerate the evaluation report(s) of a finished run")
+    report.add_argument("run_dir", type=Path, help="the run folder, e.g. runs/tiny")
+    report.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if args.command == "run":
         return run_command(args)
     if args.command == "export":
         return export_command(args)
+    if args.command == "report":
+        return report_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, pairwise judging, contamination, reports."""
