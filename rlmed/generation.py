@@ -35,10 +35,12 @@ def generate_hf(model_path: str, prompts: list[list[dict]], args: Any, seed: int
     for start in tqdm(batches, desc="generating", unit="batch", disable=len(batches) < 2):
         texts = [render_prompt(tokenizer, m) for m in prompts[start:start + args.batch_size]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        # temperature 0 means greedy decoding (evaluation); sampling otherwise.
+        sampling = ({"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
+                    if args.temperature > 0 else {"do_sample": False})
         with torch.no_grad():
             generated = model.generate(
-                **enc, do_sample=True, temperature=args.temperature, top_p=args.top_p,
-                max_new_tokens=args.max_new_tokens, num_return_sequences=k,
+                **enc, **sampling, max_new_tokens=args.max_new_tokens, num_return_sequences=k,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )
         answers = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -83,6 +83,12 @@ def validate_inputs(raw: Any, spec: StageSpec, where: str, recipe_path: Path, ea
             continue
         if declared.type == "data":
             inputs[name] = _data_sources(raw[name], declared, f"{where}: {key}", recipe_path, earlier, problems)
+        elif declared.many:  # e.g. the models an evaluate stage compares: a list of folders, Hub ids or refs
+            items = raw[name] if isinstance(raw[name], list) else [raw[name]]
+            if not items:
+                problems.append(f"{where}: {key}: an empty list; give at least one {declared.type}")
+            inputs[name] = [_single(v, declared, f"{where}: {key}[{i}]", recipe_path, earlier, problems)
+                            for i, v in enumerate(items)]
         else:
             inputs[name] = _single(raw[name], declared, f"{where}: {key}", recipe_path, earlier, problems)
     return inputs

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 # What the one-line stage summary shows when a stage reports them (all numeric metrics otherwise).
 SUMMARY_KEYS = ("global_step", "first_loss", "last_loss", "eval_loss", "last_reward_mean", "heldout_reward_start",
-                "heldout_reward_end", "train_runtime")
+                "heldout_reward_end", "train_runtime", "models", "eval_sets", "contaminated_rows")
 
 
 class RunError(RuntimeError):
@@ -83,15 +83,20 @@ class Runner:
         resolved: dict[str, Any] = {}
         for name, value in stage.inputs.items():
             if isinstance(value, list):
-                resolved[name] = [
-                    dataclasses.replace(s, path=self._ref_path(s.path)) if isinstance(s.path, Ref) else s
-                    for s in value
-                ]
+                resolved[name] = [self._resolve_item(item) for item in value]
             elif isinstance(value, Ref):
                 resolved[name] = self._ref_path(value)
             else:
                 resolved[name] = value
         return resolved
+
+    def _resolve_item(self, item: Any) -> Any:
+        """One item of a list input: a data source (its path resolved), or a model folder / reference."""
+        if isinstance(item, Ref):
+            return self._ref_path(item)
+        if isinstance(item, DataSource) and isinstance(item.path, Ref):
+            return dataclasses.replace(item, path=self._ref_path(item.path))
+        return item
 
     def _resolve_component(self, spec: Any) -> Any:
         """A component spec with its `$stage.output` strings replaced by paths."""

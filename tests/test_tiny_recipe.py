@@ -40,6 +40,10 @@ def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
     assert experts["tasks"] == 3 and experts["routing_task_distance_end"] > experts["routing_task_distance_start"]
     assert (tmp_path / "run" / "experts" / "model" / "mole_config.json").exists()
     assert (tmp_path / "run" / "experts" / "merged" / "experts" / "mole_config.json").exists()
+    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    assert set(results["models"]) == {"base", "sft", "ppo", "dfpo", "experts"}
+    assert results["metrics"]["sft"]["heldout_prompts/rouge_l"] > results["metrics"]["base"]["heldout_prompts/rouge_l"]
+    assert (tmp_path / "run" / "eval" / "report.md").exists()
     kb = json.loads((tmp_path / "run" / "kb" / "manifest.json").read_text())["metrics"]
     assert kb["pairs_written"] == 2 * 16 + 3 * 20  # two drug templates x 16 drugs, three disease ones x 20
     for stage, fraction in LOSS_FRACTION.items():
@@ -50,4 +54,4 @@ def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
 
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0
-    assert second.stderr.count("skipped, up to date") == 10
+    assert second.stderr.count("skipped, up to date") == 11

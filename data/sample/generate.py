@@ -168,6 +168,26 @@ def build_kb() -> tuple[list[dict], list[dict]]:
     return drugs, diseases
 
 
+def build_eval_mcq() -> list[dict]:
+    """Single-answer questions (CMB style): which is a symptom of a condition; the three distractors are
+    symptoms of other conditions that this one does not list."""
+    rng = rng_for("eval_mcq")
+    rows = []
+    for cond in facts.CONDITIONS:
+        own = set(cond["symptoms"])
+        others = sorted({s for c in facts.CONDITIONS if c is not cond for s in c["symptoms"]} - own)
+        options = rng.sample(others, 3) + [rng.choice(sorted(own))]
+        rng.shuffle(options)
+        answer = "ABCD"[next(i for i, o in enumerate(options) if o in own)]
+        rows.append({"question": f"以下哪一项是{cond['name']}的常见表现？", "options": options, "answer": answer})
+    return rows
+
+
+def build_eval_kb() -> list[dict]:
+    """QiZhen-style hit-rate questions: a drug's indications are the expected items."""
+    return [{"question": f"{d['name']}的适应病症是什么？", "items": list(d["indications"])} for d in facts.DRUGS]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> int:
     data = "".join(dump(r) + "\n" for r in rows).encode("utf-8")
     assert len(data) < MAX_BYTES, f"{path.name}: {len(data)} bytes, limit {MAX_BYTES}"
@@ -185,6 +205,8 @@ def main() -> None:
     files["heldout_prompts"] = build_heldout(other)
     files["kb_drugs"], files["kb_diseases"] = build_kb()
     checks.check_all(files, COUNTS)
+    # Evaluation sets (the evaluate stage): not training data, so outside the training-file checks.
+    files["eval_mcq"], files["eval_kb"] = build_eval_mcq(), build_eval_kb()
     for name, rows in files.items():
         size = write_jsonl(HERE / f"{name}.jsonl", rows)
         print(f"{name}.jsonl: {len(rows)} rows, {size} bytes")

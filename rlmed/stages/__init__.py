@@ -17,6 +17,7 @@ BUILTIN = {
     "ppo": "rlmed.stages.ppo",
     "dpo": "rlmed.stages.dpo",
     "mole": "rlmed.stages.mole",
+    "evaluate": "rlmed.stages.evaluate",
     "kb_instructions": "rlmed.stages.kb_instructions",
 }
 

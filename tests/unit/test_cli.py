@@ -40,7 +40,8 @@ def test_tiny_dry_run_plans_every_stage_and_loads_nothing(monkeypatch, capsys, t
                  "[run] rm (reward_model): upstream stage feedback, sft re-runs",
                  "[run] ppo (ppo): upstream stage rm, sft re-runs", "[run] grpo (grpo): upstream stage rm, sft re-runs",
                  "[run] dfpo (dpo): upstream stage feedback, ppo re-runs",
-                 "[run] experts (mole): upstream stage dfpo, kb re-runs", f"in  model: {tmp_path / 'run' / 'base' / 'model'}"):
+                 "[run] experts (mole): upstream stage dfpo, kb re-runs",
+                 "[run] eval (evaluate): upstream stage base, dfpo, experts, ppo, sft re-runs", f"in  model: {tmp_path / 'run' / 'base' / 'model'}"):
         assert line in out
     assert "weight 2" in out
     assert not (tmp_path / "run").exists()

@@ -1,0 +1,246 @@
+"""Stage `evaluate`: the run's models side by side on eval sets, as the papers in our lineage report them.
+
+Each file of `data` is one eval set, its kind read from its rows (methods.md §7):
+- choice rows (`question`, `options`, `answer` letter): multiple-choice accuracy with robust answer extraction
+  (zero-shot, or `few_shot` solved examples taken from the set's first rows, which are then not scored);
+- hit-rate rows (`question`, `items`): QiZhen hit-rate criteria 1-3 against the expected items;
+- anything else is a prompt with the doctor's reply (dialogues, `prompt` + `reference`, ...): BLEU-1..4, GLEU,
+  ROUGE-1/2/L and Distinct-1/2 on jieba tokens; a `reward:` source scores the answers too; `judge` (an LLM judge
+  component) compares every model with the baseline in both answer orders (win/tie/loss).
+Generations are greedy by default and saved (generations/<model>.jsonl) before anything is scored. Eval rows
+that also occur, exactly or nearly, in a data input of any other stage of the run are reported (contamination).
+The stage writes results.json, report.md with PNG plots (`rlmed report <run_dir>` regenerates it), and the
+comparison table to W&B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlmed.stages.base import Input, StageContext, StageSpec
+
+
+@dataclass(kw_only=True)
+class Args:
+    baseline: str | None = None
+    """The model the others are compared with (its name: the stage id of `$id.model`, else the folder name);
+    default the first model."""
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    """0: greedy decoding."""
+    top_p: float = 1.0
+    batch_size: int = 8
+    max_rows: int | None = None
+    """Rows used per eval set (the first N); None: all."""
+    few_shot: int = 0
+    """Solved examples put before each multiple-choice question (taken from the set's first rows)."""
+    judge: dict[str, Any] | None = None
+    """An LLM judge component ({_component_: reward.judge.LLMJudge, ...}) for pairwise win/tie/loss."""
+    contamination_threshold: float = 0.8
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.few_shot < 0:
+            raise ValueError("max_new_tokens and batch_size must be at least 1, few_shot at least 0")
+        if not 0.0 < self.contamination_threshold <= 1.0:
+            raise ValueError("contamination_threshold must be within (0, 1]")
+
+
+def model_name(path: str) -> str:
+    """`run/sft/model` -> "sft", `run/sft/merged` -> "sft.merged", any other folder -> its name."""
+    p = Path(path)
+    if p.name == "model":
+        return p.parent.name
+    if p.name == "merged":
+        return f"{p.parent.name}.merged"
+    return p.name or str(path)
+
+
+@dataclass
+class EvalRow:
+    messages: list[dict[str, str]]
+    reference: str | None = None
+    options: list[str] | None = None
+    answer: str | None = None
+    items: list[str] | None = None
+
+    @property
+    def text(self) -> str:
+        """What the contamination check looks for in training data: the question (last user turn)."""
+        return self.messages[-1]["content"]
+
+
+def set_kind(rows: list[dict[str, Any]]) -> str:
+    if rows and all("options" in r and "answer" in r for r in rows):
+        return "choice"
+    if rows and all("items" in r for r in rows):
+        return "hitrate"
+    return "generation"
+
+
+def load_eval_set(source: Any, args: Args) -> tuple[str, list[EvalRow]]:
+    """One eval set's kind and rows (few-shot examples already folded into the choice prompts)."""
+    from rlmed.data.dialogues import as_doctor_prompts
+    from rlmed.data.sources import source_records
+    from rlmed.eval.choice import few_shot_prompt, zero_shot_prompt
+
+    records = source_records(source)
+    kind = set_kind([r.row for r in records])
+    rows: list[EvalRow] = []
+    if kind == "choice":
+        shots = [{"question": r.row["question"], "options": r.row["options"], "answer": r.row["answer"]}
+                 for r in records[: args.few_shot]]
+        for r in records[args.few_shot:]:
+            prompt = (few_shot_prompt(r.row["question"], r.row["options"], shots) if shots
+                      else zero_shot_prompt(r.row["question"], r.row["options"]))
+            rows.append(EvalRow([{"role": "user", "content": prompt}], options=list(r.row["options"]),
+                                answer=str(r.row["answer"]).strip()))
+    elif kind == "hitrate":
+        rows = [EvalRow([{"role": "user", "content": r.row["question"]}], items=list(r.row["items"]))
+                for r in records]
+    else:
+        rows = [EvalRow(p.messages, reference=p.reference) for r in records for p in as_doctor_prompts(r, source.format)]
+    return kind, rows[: args.max_rows] if args.max_rows is not None else rows
+
+
+def set_metrics(kind: str, rows: list[EvalRow], answers: list[str]) -> dict[str, float]:
+    from rlmed.eval.choice import accuracy
+    from rlmed.eval.hitrate import hit_rates
+    from rlmed.eval.text_metrics import text_metrics
+
+    if kind == "choice":
+        result = accuracy(answers, [r.options for r in rows], [r.answer for r in rows])
+        return {"accuracy": result["accuracy"], "answered": result["answered"]}
+    if kind == "hitrate":
+        return hit_rates(answers, [r.items for r in rows])
+    return text_metrics([r.reference or "" for r in rows], answers)
+
+
+def training_texts(run_dir: Path, own_id: str):
+    """(file:line, text) of every row of every data input of the run's other stages, from their manifests."""
+    import json
+
+    from rlmed.artifacts import read_manifest
+    from rlmed.data.records import read_records
+
+    seen: set[str] = set()
+    for stage_dir in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name != own_id):
+        manifest = read_manifest(stage_dir)
+        if not manifest or manifest.get("kind") == "evaluate":
+            continue
+        for value in (manifest.get("inputs") or {}).values():
+            for item in value if isinstance(value, list) else []:
+                path = item.get("path") if isinstance(item, dict) else None
+                if not isinstance(path, str) or path in seen or not Path(path).is_file():
+                    continue
+                seen.add(path)
+                for record in read_records(path):
+                    yield f"{path}:{record.line}", " ".join(_strings(record.row))
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    from reward.base import Sample, score_sync
+    from rlmed.artifacts import atomic_write_json, atomic_write_jsonl
+    from rlmed.eval.contamination import find_contamination
+    from rlmed.eval.pairwise import PairRow, compare_models_sync
+    from rlmed.eval.report import render_report, tables
+    from rlmed.generation import generate_hf
+    from rlmed.rl.sources import build_reward_source
+
+    models = {model_name(p): p for p in inputs["models"]}
+    if len(models) != len(inputs["models"]):
+        raise ValueError(f"two models share a name ({', '.join(models)}); evaluate each folder once")
+    baseline = args.baseline or next(iter(models))
+    if baseline not in models:
+        raise ValueError(f"args.baseline '{baseline}' is not one of the models: {', '.join(models)}")
+    sets = {Path(s.path).stem: load_eval_set(s, args) for s in inputs["data"]}
+    settings = SimpleNamespace(samples_per_prompt=1, temperature=args.temperature, top_p=args.top_p,
+                               batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+
+    answers: dict[str, dict[str, list[str]]] = {}
+    for name, path in models.items():
+        answers[name] = {}
+        for set_name, (_, rows) in sets.items():
+            generated = generate_hf(path, [r.messages for r in rows], settings, seed=ctx.seed)
+            answers[name][set_name] = [a[0] for a in generated]
+        # Saved before scoring: metrics can be recomputed, and a judge failure costs no generation.
+        atomic_write_jsonl(ctx.stage_dir / "generations" / f"{name}.jsonl",
+                           [{"set": s, "index": i, "prompt": rows[i].messages, "answer": a,
+                             "reference": rows[i].reference}
+                            for s, (_, rows) in sets.items() for i, a in enumerate(answers[name][s])])
+
+    metrics = {name: {f"{s}/{k}": v for s, (kind, rows) in sets.items()
+                      for k, v in set_metrics(kind, rows, answers[name][s]).items()} for name in models}
+    results: dict[str, Any] = {
+        "baseline": baseline,
+        "models": {name: {"path": path, "stage": Path(path).parent.name} for name, path in models.items()},
+        "eval_sets": {s: {"rows": len(rows), "kind": kind} for s, (kind, rows) in sets.items()},
+        "metrics": metrics,
+    }
+    generation_sets = [s for s, (kind, _) in sets.items() if kind == "generation"]
+    if ctx.reward is not None and generation_sets:
+        source = build_reward_source(ctx.reward, ctx.run_dir)
+        results["reward"] = {}
+        for name in models:
+            results["reward"][name] = {}
+            for s in generation_sets:
+                rows = sets[s][1]
+                scores = score_sync(source, [Sample(prompt=r.messages, completion=a, reference=r.reference)
+                                             for r, a in zip(rows, answers[name][s])])
+                values = [sc.value for sc in scores if sc.value is not None]
+                results["reward"][name][f"{s}/reward_mean"] = sum(values) / len(values) if values else None
+    if args.judge is not None and generation_sets:
+        judge = build_reward_source(args.judge, ctx.run_dir)
+        results["pairwise"] = {}
+        for name in models:
+            if name == baseline:
+                continue
+            pairs = [PairRow(r.messages, answers[name][s][i], answers[baseline][s][i], r.reference, id=f"{s}:{i}")
+                     for s in generation_sets for i, r in enumerate(sets[s][1])]
+            results["pairwise"][name] = compare_models_sync(judge, pairs, model=name, baseline=baseline).summary()
+    matches = []
+    for s, (_, rows) in sets.items():
+        for m in find_contamination([r.text for r in rows], training_texts(ctx.run_dir, ctx.stage_id),
+                                    threshold=args.contamination_threshold):
+            matches.append({"eval_set": s, "row": m.eval_index, "kind": m.kind, "source": m.source,
+                            "similarity": m.similarity})
+    results["contamination"] = matches
+    atomic_write_json(ctx.stage_dir / "results.json", results)
+    render_report(ctx.run_dir, ctx.stage_id)
+    columns, table_rows = tables(results)["comparison"]
+    ctx.metrics.log_table("comparison", [dict(zip(columns, row)) for row in table_rows])
+
+    out: dict[str, Any] = {f"{name}/{key}": value for name, values in metrics.items() for key, value in values.items()}
+    for name, summary in results.get("pairwise", {}).items():
+        out[f"{name}/win_rate_vs_{baseline}"] = summary["win_rate"]
+    out.update(models=len(models), eval_sets=len(sets), contaminated_rows=len(matches))
+    return out
+
+
+SPEC = StageSpec(
+    kind="evaluate",
+    args=Args,
+    inputs={
+        "models": Input("model", many=True, doc="the models to compare: $stage.model references or folders"),
+        "data": Input("data", many=True, doc="eval sets, one per file: dialogues with references, choice, hit-rate"),
+    },
+    outputs={"results": "results.json", "report": "report.md"},
+    run=run,
+    ranks="main",
+    reward="optional",
+    doc=__doc__,
+)
