@@ -2,12 +2,14 @@
 
 Each file of `data` is one eval set, its kind read from its rows (methods.md §7):
 - choice rows (`question`, `options`, `answer` letter): multiple-choice accuracy with robust answer extraction
-  (zero-shot, or `few_shot` solved examples taken from the set's first rows, which are then not scored);
+  (zero-shot, or `few_shot` solved examples taken from the set's first rows, which are then not scored, laid
+  out plainly or in MedS-Ins' case template);
 - hit-rate rows (`question`, `items`): QiZhen hit-rate criteria 1-3 against the expected items;
 - anything else is a prompt with the doctor's reply (dialogues, `prompt` + `reference`, ...): BLEU-1..4, GLEU,
   ROUGE-1/2/L and Distinct-1/2 on jieba tokens; a `reward:` source scores the answers too; `judge` (an LLM judge
   component) compares every model with the baseline in both answer orders (win/tie/loss).
-Generations are greedy by default and saved (generations/<model>.jsonl) before anything is scored. Eval rows
+Generation is sharded across ranks (greedy by default) and saved (generations/<model>.jsonl) before anything is
+scored; the main rank scores, judges and reports. Eval rows
 that also occur, exactly or nearly, in a data input of any other stage of the run are reported (contamination).
 The stage writes results.json, report.md with PNG plots (`rlmed report <run_dir>` regenerates it), and the
 comparison table to W&B.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rlmed.stages.base import Input, StageContext, StageSpec
 
@@ -36,16 +38,25 @@ class Args:
     """Rows used per eval set (the first N); None: all."""
     few_shot: int = 0
     """Solved examples put before each multiple-choice question (taken from the set's first rows)."""
+    choice_template: Literal["plain", "meds_ins"] = "plain"
+    """Few-shot layout for multiple choice: plain (questions with their answers), or MedS-Ins' case template."""
     judge: dict[str, Any] | None = None
     """An LLM judge component ({_component_: reward.judge.LLMJudge, ...}) for pairwise win/tie/loss."""
     contamination_threshold: float = 0.8
     dtype: str = "auto"
+    seed: int = 42
+    """Sampling seed (used when temperature > 0)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.few_shot < 0:
             raise ValueError("max_new_tokens and batch_size must be at least 1, few_shot at least 0")
         if not 0.0 < self.contamination_threshold <= 1.0:
             raise ValueError("contamination_threshold must be within (0, 1]")
+        if self.choice_template == "meds_ins" and self.few_shot < 1:
+            raise ValueError("choice_template meds_ins needs few_shot >= 1 (its cases are the solved examples)")
+
+
+MEDS_INS_INSTRUCTION = "请根据题目从选项中选出唯一正确的答案，只输出选项字母。"
 
 
 def model_name(path: str) -> str:
@@ -84,7 +95,7 @@ def load_eval_set(source: Any, args: Args) -> tuple[str, list[EvalRow]]:
     """One eval set's kind and rows (few-shot examples already folded into the choice prompts)."""
     from rlmed.data.dialogues import as_doctor_prompts
     from rlmed.data.sources import source_records
-    from rlmed.eval.choice import few_shot_prompt, zero_shot_prompt
+    from rlmed.eval.choice import few_shot_prompt, meds_ins_prompt, zero_shot_prompt
 
     records = source_records(source)
     kind = set_kind([r.row for r in records])
@@ -92,9 +103,17 @@ def load_eval_set(source: Any, args: Args) -> tuple[str, list[EvalRow]]:
     if kind == "choice":
         shots = [{"question": r.row["question"], "options": r.row["options"], "answer": r.row["answer"]}
                  for r in records[: args.few_shot]]
+
+        def prompt_of(row: dict[str, Any]) -> str:
+            if args.choice_template == "meds_ins":
+                cases = [(zero_shot_prompt(e["question"], e["options"]), e["answer"]) for e in shots]
+                return meds_ins_prompt(MEDS_INS_INSTRUCTION, zero_shot_prompt(row["question"], row["options"]), cases)
+            if shots:
+                return few_shot_prompt(row["question"], row["options"], shots)
+            return zero_shot_prompt(row["question"], row["options"])
+
         for r in records[args.few_shot:]:
-            prompt = (few_shot_prompt(r.row["question"], r.row["options"], shots) if shots
-                      else zero_shot_prompt(r.row["question"], r.row["options"]))
+            prompt = prompt_of(r.row)
             rows.append(EvalRow([{"role": "user", "content": prompt}], options=list(r.row["options"]),
                                 answer=str(r.row["answer"]).strip()))
     elif kind == "hitrate":
@@ -120,7 +139,6 @@ def set_metrics(kind: str, rows: list[EvalRow], answers: list[str]) -> dict[str,
 
 def training_texts(run_dir: Path, own_id: str):
     """(file:line, text) of every row of every data input of the run's other stages, from their manifests."""
-    import json
 
     from rlmed.artifacts import read_manifest
     from rlmed.data.records import read_records
@@ -150,15 +168,42 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+def generate_sharded(ctx: StageContext, name: str, path: str, sets: dict[str, tuple[str, list[EvalRow]]],
+                     settings: Any) -> dict[str, list[str]]:
+    """Every rank answers its share (rows rank::world of every set); the main rank merges them in row order and
+    saves generations/<name>.jsonl before anything is scored (metrics can be recomputed, and a failing judge
+    costs no generation). Other ranks get {}."""
+    from rlmed import dist
+    from rlmed.artifacts import atomic_write_jsonl, read_jsonl
+    from rlmed.generation import generate_hf
+
+    rank, world = dist.rank(), dist.world_size()
+    mine = [(s, i, row) for s, (_, rows) in sets.items() for i, row in enumerate(rows)][rank::world]
+    texts = [a[0] for a in generate_hf(path, [row.messages for _, _, row in mine], settings, seed=ctx.seed)]
+    shard = [{"set": s, "index": i, "prompt": row.messages, "answer": t, "reference": row.reference}
+             for (s, i, row), t in zip(mine, texts)]
+    shards_dir = ctx.stage_dir / "generations"
+    if world > 1:
+        atomic_write_jsonl(shards_dir / f"{name}.rank{rank}.jsonl", shard)
+        dist.barrier()
+        if not dist.is_main():
+            return {}
+        shard = [r for k in range(world) for r in read_jsonl(shards_dir / f"{name}.rank{k}.jsonl")]
+    order = {s: n for n, s in enumerate(sets)}
+    shard.sort(key=lambda r: (order[r["set"]], r["index"]))
+    atomic_write_jsonl(shards_dir / f"{name}.jsonl", shard)
+    return {s: [r["answer"] for r in shard if r["set"] == s] for s in sets}
+
+
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
     from types import SimpleNamespace
 
     from reward.base import Sample, score_sync
-    from rlmed.artifacts import atomic_write_json, atomic_write_jsonl
+    from rlmed.artifacts import atomic_write_json
     from rlmed.eval.contamination import find_contamination
     from rlmed.eval.pairwise import PairRow, compare_models_sync
     from rlmed.eval.report import render_report, tables
-    from rlmed.generation import generate_hf
+    from rlmed import dist
     from rlmed.rl.sources import build_reward_source
 
     models = {model_name(p): p for p in inputs["models"]}
@@ -171,17 +216,9 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     settings = SimpleNamespace(samples_per_prompt=1, temperature=args.temperature, top_p=args.top_p,
                                batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
 
-    answers: dict[str, dict[str, list[str]]] = {}
-    for name, path in models.items():
-        answers[name] = {}
-        for set_name, (_, rows) in sets.items():
-            generated = generate_hf(path, [r.messages for r in rows], settings, seed=ctx.seed)
-            answers[name][set_name] = [a[0] for a in generated]
-        # Saved before scoring: metrics can be recomputed, and a judge failure costs no generation.
-        atomic_write_jsonl(ctx.stage_dir / "generations" / f"{name}.jsonl",
-                           [{"set": s, "index": i, "prompt": rows[i].messages, "answer": a,
-                             "reference": rows[i].reference}
-                            for s, (_, rows) in sets.items() for i, a in enumerate(answers[name][s])])
+    answers = {name: generate_sharded(ctx, name, path, sets, settings) for name, path in models.items()}
+    if not dist.is_main():
+        return {}  # the main rank scores, judges and reports
 
     metrics = {name: {f"{s}/{k}": v for s, (kind, rows) in sets.items()
                       for k, v in set_metrics(kind, rows, answers[name][s]).items()} for name in models}
@@ -240,7 +277,6 @@ SPEC = StageSpec(
     },
     outputs={"results": "results.json", "report": "report.md"},
     run=run,
-    ranks="main",
     reward="optional",
     doc=__doc__,
 )

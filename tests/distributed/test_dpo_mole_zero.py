@@ -3,10 +3,11 @@ the real deepspeed launcher in one launch; the saved models reload in a fresh pr
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
-from tests.conftest import read_metrics
+from tests.conftest import SAMPLE, read_metrics
 from tests.distributed.conftest import ZERO2, ZERO3, launch, launcher_env, manifest, recipe_file, tail
 from tests.stages.test_mole import two_task_data
 from tests.stages.test_reward_model import varied_pairs
@@ -29,6 +30,10 @@ def test_dfpo_zero3_and_mole_zero2_zero3_on_two_ranks(tmp_path, tiny_model):
         {"id": "experts_z3", "kind": "mole", "inputs": {"model": "$dfpo.model", "data": str(tasks)},
          "args": {**mole_args, "merge": True},
          "trainer": {**trainer, "deepspeed": ZERO3, "gradient_checkpointing": True}},
+        # Generation sharded over both ranks, merged in row order by the main rank.
+        {"id": "eval", "kind": "evaluate", "inputs": {"models": ["$dfpo.model", "$experts_z3.model"],
+                                                     "data": [str(SAMPLE / "heldout_prompts.jsonl")]},
+         "args": {"max_new_tokens": 8, "max_rows": 5}},
     ]
     result = launch(recipe_file(tmp_path, "pref", stages), ranks=2, timeout=600)
     assert result.returncode == 0, tail(result)
@@ -40,6 +45,11 @@ def test_dfpo_zero3_and_mole_zero2_zero3_on_two_ranks(tmp_path, tiny_model):
         routing = [r for r in read_metrics(tmp_path / "pref" / stage_id) if "routing/task_distance" in r]
         assert [r["step"] for r in routing] == [0, 2, 4], stage_id
     assert manifest(tmp_path / "pref" / "experts_z3")["metrics"]["total_parameters"] > 100_000  # not 0 when sharded
+    generations = tmp_path / "pref" / "eval" / "generations"
+    merged = [json.loads(line) for line in (generations / "experts_z3.jsonl").open(encoding="utf-8")]
+    assert [r["index"] for r in merged] == [0, 1, 2, 3, 4]  # rank 0 answered 0, 2, 4 and rank 1 answered 1, 3
+    assert len((generations / "experts_z3.rank1.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+    assert manifest(tmp_path / "pref" / "eval")["metrics"]["models"] == 2
 
     # Fresh process: the DFPO model, both adapters (base = the DFPO model) and the ZeRO-3 export all load; the
     # export reproduces its adapter's logits.

@@ -65,3 +65,15 @@ def test_evaluate_compares_models_on_every_metric_family_and_writes_the_report(t
     assert manifest(tmp_path, "eval")["metrics"]["contaminated_rows"] == 1
     table = [json.loads(line) for line in (stage_dir / "tables" / "comparison.jsonl").open(encoding="utf-8")]
     assert {row["model"] for row in table} == {"sft", "other"}
+
+
+def test_meds_ins_template_lays_out_the_solved_cases(tmp_path, tiny_model):
+    sets = eval_sets(tmp_path)
+    stage = {"id": "eval", "kind": "evaluate", "inputs": {"models": [str(tiny_model)], "data": [sets[1]]},
+             "args": {"max_new_tokens": 4, "few_shot": 1, "choice_template": "meds_ins"}}
+    assert run_recipe(tmp_path, [stage]) == 0
+    name = tiny_model.parent.name
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "eval" / "generations" / f"{name}.jsonl").open()]
+    prompt = row["prompt"][-1]["content"]
+    assert prompt.startswith("Case1: Input: 发热的常见表现是？") and ", Output: A\n" in prompt
+    assert "Please learn from the few-shot cases to see what content you have to output. Input: 手足口病" in prompt

@@ -12,7 +12,8 @@ from tests.conftest import ROOT
 
 PEDIATRICS_DATA = {"data/peds_corpus.jsonl", "data/general_corpus.jsonl", "data/peds_qa.jsonl",
                    "data/peds_sft.jsonl", "data/general_sft.jsonl", "data/peds_behaviour.jsonl",
-                   "data/peds_dialogues.jsonl"}
+                   "data/peds_dialogues.jsonl", "data/peds_tasks.jsonl", "data/peds_test.jsonl",
+                   "data/peds_mcq.jsonl"}
 HUATUO_DATA = {"data/huatuo_distilled.jsonl", "data/huatuo_doctor.jsonl", "data/huatuo_consultations.jsonl"}
 
 
