@@ -258,13 +258,16 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     results["contamination"] = matches
     atomic_write_json(ctx.stage_dir / "results.json", results)
     render_report(ctx.run_dir, ctx.stage_id)
-    columns, table_rows = tables(results)["comparison"]
-    ctx.metrics.log_table("comparison", [dict(zip(columns, row)) for row in table_rows])
+    # The report's tables also go to tables/<name>.jsonl and, with W&B on, to W&B tables.
+    for table_name, (columns, table_rows) in tables(results).items():
+        if table_rows:
+            ctx.metrics.log_table(table_name, [dict(zip(columns, row)) for row in table_rows])
 
     out: dict[str, Any] = {f"{name}/{key}": value for name, values in metrics.items() for key, value in values.items()}
     for name, summary in results.get("pairwise", {}).items():
         out[f"{name}/win_rate_vs_{baseline}"] = summary["win_rate"]
-    out.update(models=len(models), eval_sets=len(sets), contaminated_rows=len(matches))
+    out.update(models=len(models), eval_sets=len(sets), contaminated_rows=len(matches),
+               contamination=matches[:50])  # the first matches in the manifest too; all in results.json
     return out
 
 

@@ -62,9 +62,12 @@ def test_evaluate_compares_models_on_every_metric_family_and_writes_the_report(t
     assert len(generations) == 2 + 2 + 1 and {g["set"] for g in generations} == {"dialogues", "mcq", "kb"}
     report = (stage_dir / "report.md").read_text(encoding="utf-8")
     assert "sft" in report and "other" in report and "mcq/accuracy" in report
-    assert manifest(tmp_path, "eval")["metrics"]["contaminated_rows"] == 1
+    m = manifest(tmp_path, "eval")["metrics"]
+    assert m["contaminated_rows"] == 1 and m["contamination"][0]["source"] == f"{train}:1"
     table = [json.loads(line) for line in (stage_dir / "tables" / "comparison.jsonl").open(encoding="utf-8")]
     assert {row["model"] for row in table} == {"sft", "other"}
+    pairwise = [json.loads(line) for line in (stage_dir / "tables" / "pairwise.jsonl").open(encoding="utf-8")]
+    assert [(r["model"], r["tie"]) for r in pairwise] == [("sft", 2)]
 
 
 def test_meds_ins_template_lays_out_the_solved_cases(tmp_path, tiny_model):
