@@ -38,6 +38,16 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
     return tokenizer
 
 
+def _torch_dtype(dtype: str) -> Any:
+    """`dtype` as from_pretrained takes it: 'auto' keeps the checkpoint's dtype on GPU, float32 on CPU (bf16
+    matmuls on CPU are slow and fp16 ones unsupported); otherwise the named torch dtype."""
+    import torch
+
+    if dtype == "auto":
+        return "auto" if torch.cuda.is_available() else torch.float32
+    return getattr(torch, dtype)
+
+
 def _load_mole(name_or_path: str) -> Any:
     """A MoLE adapter folder, or a MoLE serving export, loaded with its experts; None for anything else.
 
@@ -66,15 +76,11 @@ def load_causal_lm(name_or_path: str, dtype: str = "auto", **kwargs: Any) -> Any
 
     A LoRA adapter folder loads transparently: its recorded base is loaded and the adapter merged in.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     from rlmed.models.lora import adapter_base, apply_adapter
 
-    if dtype == "auto":
-        torch_dtype: Any = "auto" if torch.cuda.is_available() else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
+    torch_dtype = _torch_dtype(dtype)
     mole_model = _load_mole(name_or_path)
     if mole_model is not None:
         return mole_model
@@ -96,12 +102,11 @@ def load_scalar_head_model(name_or_path: str, dtype: str = "auto", pad_token_id:
     A reward model saved by `reward_model` loads with its trained head; a causal LM gets a new, randomly
     initialised head on its backbone. A LoRA adapter folder loads transparently, as in load_causal_lm.
     """
-    import torch
     from transformers import AutoModelForSequenceClassification
 
     from rlmed.models.lora import adapter_base, apply_adapter
 
-    torch_dtype: Any = ("auto" if torch.cuda.is_available() else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+    torch_dtype = _torch_dtype(dtype)
     from transformers.utils import logging as hf_logging
 
     base = adapter_base(name_or_path)

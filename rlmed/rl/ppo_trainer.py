@@ -43,6 +43,11 @@ STATE_FILE = "ppo_state.json"
 VALUE_DIR = "value"
 
 
+def _bare(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (LoRA layers stay injected in it), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 class PolicyAndValue(nn.Module):
     """The policy LM and the value model (a sequence-classification model read at every token) as one module."""
 
@@ -54,7 +59,7 @@ class PolicyAndValue(nn.Module):
         self.config = policy.config
 
     def _value_parts(self) -> tuple[nn.Module, nn.Module]:
-        model = self.value_model.get_base_model() if hasattr(self.value_model, "get_base_model") else self.value_model
+        model = _bare(self.value_model)
         head = getattr(model, "score", None)
         if head is None:
             raise TypeError(f"value model {type(model).__name__} has no `score` head; use a decoder model's "
@@ -78,16 +83,14 @@ class PolicyAndValue(nn.Module):
         # input that requires grad and pass no gradient to the adapters.
         kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
         for model in (self.policy, self.value_model):
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
+            _bare(model).activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
                                                  every_n_layers=every_n_layers, offload=offload)
             if hasattr(model, "peft_config"):
                 model.enable_input_require_grads()
 
     def activation_checkpointing_disable(self) -> None:
         for model in (self.policy, self.value_model):
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            base.activation_checkpointing_disable()
+            _bare(model).activation_checkpointing_disable()
 
     # The older names, which trl's generation unwrapping still calls around generate().
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
@@ -98,8 +101,7 @@ class PolicyAndValue(nn.Module):
 
     @property
     def is_gradient_checkpointing(self) -> bool:  # read by trl's generation unwrapping
-        base = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
-        return bool(getattr(base, "is_activation_checkpointing", False))
+        return bool(getattr(_bare(self.policy), "is_activation_checkpointing", False))
 
 
 class RolloutBatches:
