@@ -114,7 +114,12 @@ def report_command(args: argparse.Namespace) -> int:
     from rlmed.eval.report import ReportError, main_report
 
     try:
-        written = main_report(args.run_dir)
+        if args.recompute:
+            from rlmed.eval.recompute import recompute_run
+
+            written = recompute_run(args.run_dir)
+        else:
+            written = main_report(args.run_dir)
     except ReportError as exc:
         print(f"rlmed report: {exc}", file=sys.stderr)
         return 1
@@ -135,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     report = sub.add_parser("report", help="regenerate the evaluation report(s) of a finished run")
     report.add_argument("run_dir", type=Path, help="the run folder, e.g. runs/tiny")
+    report.add_argument("--recompute", action="store_true",
+                        help="first recompute the text/choice/hit-rate metrics in results.json from the saved "
+                             "generations/*.jsonl (no generation; reward, pairwise and contamination are kept)")
     report.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

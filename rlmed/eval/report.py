@@ -9,7 +9,10 @@ against the baseline, and one bar chart per eval set. It reads only files, so `r
 Every file is written whole and renamed into place (rlmed.artifacts), so a reader never sees half a report;
 plots are written before report.md, so the page never points at an image that is not there yet.
 Plots use matplotlib's object API with the Agg canvas: no display is needed, and pyplot's global backend and
-figure registry (which a notebook user may rely on) are left alone.
+figure registry (which a notebook user may rely on) are left alone. Fonts (rlmed.eval.plot_fonts) are set in an
+rc_context around the plots: installed CJK fonts and RLMED_PLOT_FONT as fallbacks, so Chinese names render.
+`rlmed report <run_dir> --recompute` (rlmed.eval.recompute) first recomputes results.json's metrics from the
+saved generations.
 
 `tables(results)` gives the same tables as (columns, rows), for the evaluate stage to log as W&B tables.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rlmed.artifacts import MANIFEST, METRICS, atomic_write_bytes, atomic_write_text
+from rlmed.eval.plot_fonts import plot_fonts
 
 logger = logging.getLogger(__name__)
 
@@ -505,6 +509,13 @@ def _slug(name: str, used: set[str]) -> str:
     return slug
 
 
+def _plot_labels(results: dict[str, Any], stages: list[StageInfo]) -> list[str]:
+    """Every name a plot may draw: models, eval sets, metrics, the baseline, stage ids."""
+    labels = [str(results.get("baseline") or ""), *model_names(results), *results["eval_sets"],
+              *metric_names(results)]
+    return labels + [s.id for s in stages]
+
+
 # --- the report -----------------------------------------------------------------------------------------------
 def render_report(run_dir: Path, stage_id: str) -> list[Path]:
     """Write run_dir/<stage_id>/report.md and its PNGs (plots/); return [report.md, *PNGs written]."""
@@ -525,19 +536,23 @@ def render_report(run_dir: Path, stage_id: str) -> list[Path]:
             written.append(path)
             sections.setdefault(name, []).append(f"![{title}]({path.relative_to(stage_dir).as_posix()})")
 
-    embed("curves", "Loss curves", plot_curves(_curves(stages, LOSS_KEYS), plots_dir / "loss_curves.png",
-                                               "Training loss"),
-          "No loss curves: no stage in this run logged a training loss.")
-    embed("curves", "Reward curves", plot_curves(_curves(stages, REWARD_KEYS), plots_dir / "reward_curves.png",
-                                                 "Reward during training"),
-          f"No reward curves: no stage in this run logged {', '.join(REWARD_KEYS)} (no PPO/GRPO/RLOO/DPO stage).")
-    embed("pairwise", "Pairwise win rates", plot_pairwise(table["pairwise"][1], baseline, plots_dir / "win_rates.png"),
-          "No win-rate chart: no pairwise judgements in results.json.")
-    used: set[str] = set()
-    for family, metrics in metric_families(results).items():
-        embed("metrics", f"{family} metrics",
-              plot_family(results, family, metrics, plots_dir / f"metrics_{_slug(family, used)}.png"),
-              f"No chart for {family}: none of its metrics has a numeric value.")
+    # Model, set and stage names may be Chinese: draw them with a CJK font where one is installed.
+    with plot_fonts(_plot_labels(results, stages)):
+        embed("curves", "Loss curves", plot_curves(_curves(stages, LOSS_KEYS), plots_dir / "loss_curves.png",
+                                                   "Training loss"),
+              "No loss curves: no stage in this run logged a training loss.")
+        embed("curves", "Reward curves", plot_curves(_curves(stages, REWARD_KEYS), plots_dir / "reward_curves.png",
+                                                     "Reward during training"),
+              f"No reward curves: no stage in this run logged {', '.join(REWARD_KEYS)} (no PPO/GRPO/RLOO/DPO "
+              "stage).")
+        embed("pairwise", "Pairwise win rates",
+              plot_pairwise(table["pairwise"][1], baseline, plots_dir / "win_rates.png"),
+              "No win-rate chart: no pairwise judgements in results.json.")
+        used: set[str] = set()
+        for family, metrics in metric_families(results).items():
+            embed("metrics", f"{family} metrics",
+                  plot_family(results, family, metrics, plots_dir / f"metrics_{_slug(family, used)}.png"),
+                  f"No chart for {family}: none of its metrics has a numeric value.")
 
     text = "\n".join(_markdown(run_dir, stage_id, results, stages, table, sections)) + "\n"
     report = stage_dir / REPORT
@@ -558,6 +573,11 @@ def _markdown(run_dir: Path, stage_id: str, results: dict[str, Any], stages: lis
     chain = " → ".join(f"`{s.id}` ({s.kind})" for s in stages) or "none found"
     lines += [f"Stages: {chain}", "",
               f"Evaluate stage: `{stage_id}`" + (f"; baseline: `{baseline}`" if baseline else ""), ""]
+    recomputed = results.get("recomputed")
+    if isinstance(recomputed, dict):
+        kept = ", ".join(recomputed.get("kept") or []) or "nothing else"
+        lines += [f"Metrics recomputed from the saved generations at {recomputed.get('at', '?')} "
+                  f"(`rlmed report --recompute`); {kept} as the stage's run left them.", ""]
 
     if results["models"]:
         lines += ["## Models", ""]
@@ -619,8 +639,9 @@ def _spaced(items: list[str]) -> list[str]:
     return out
 
 
-def main_report(run_dir: Path) -> list[Path]:
-    """Render the report of every evaluate stage in run_dir (kind "evaluate", or any with a results.json)."""
+def evaluate_stages(run_dir: Path) -> list[str]:
+    """Ids of run_dir's evaluate stages (kind "evaluate", or any folder with a results.json), by name;
+    ReportError when the folder is missing or has none."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: no such run directory")
@@ -633,7 +654,12 @@ def main_report(run_dir: Path) -> list[Path]:
     if not targets:
         raise ReportError(f"{run_dir}: no evaluate stage found (no stage folder with {RESULTS} or a manifest of "
                           f"kind '{EVALUATE_KIND}'); run a recipe with an evaluate stage first")
+    return targets
+
+
+def main_report(run_dir: Path) -> list[Path]:
+    """Render the report of every evaluate stage in run_dir (kind "evaluate", or any with a results.json)."""
     written: list[Path] = []
-    for stage_id in targets:
-        written += render_report(run_dir, stage_id)
+    for stage_id in evaluate_stages(run_dir):
+        written += render_report(Path(run_dir), stage_id)
     return written

@@ -8,11 +8,13 @@ Each file of `data` is one eval set, its kind read from its rows (methods.md §7
 - anything else is a prompt with the doctor's reply (dialogues, `prompt` + `reference`, ...): BLEU-1..4, GLEU,
   ROUGE-1/2/L and Distinct-1/2 on jieba tokens; a `reward:` source scores the answers too; `judge` (an LLM judge
   component) compares every model with the baseline in both answer orders (win/tie/loss).
-Generation is sharded across ranks (greedy by default) and saved (generations/<model>.jsonl) before anything is
-scored; the main rank scores, judges and reports. Eval rows
+Generation is sharded across ranks (greedy by default) and saved (generations/<model>.jsonl, rows carrying what
+their metric needs: rlmed.eval.generations) before anything is scored. With a `reward:` source every rank
+scores the rows it generated and the scores are saved in those rows too; the main rank computes the metrics
+and reward means from the merged rows, judges and reports. Eval rows
 that also occur, exactly or nearly, in a data input of any other stage of the run are reported (contamination).
-The stage writes results.json, report.md with PNG plots (`rlmed report <run_dir>` regenerates it), and the
-comparison table to W&B.
+The stage writes results.json, report.md with PNG plots (`rlmed report <run_dir>` regenerates it;
+`--recompute` recomputes the metrics from the saved generations first), and the comparison table to W&B.
 """
 
 from __future__ import annotations
@@ -124,19 +126,6 @@ def load_eval_set(source: Any, args: Args) -> tuple[str, list[EvalRow]]:
     return kind, rows[: args.max_rows] if args.max_rows is not None else rows
 
 
-def set_metrics(kind: str, rows: list[EvalRow], answers: list[str]) -> dict[str, float]:
-    from rlmed.eval.choice import accuracy
-    from rlmed.eval.hitrate import hit_rates
-    from rlmed.eval.text_metrics import text_metrics
-
-    if kind == "choice":
-        result = accuracy(answers, [r.options for r in rows], [r.answer for r in rows])
-        return {"accuracy": result["accuracy"], "answered": result["answered"]}
-    if kind == "hitrate":
-        return hit_rates(answers, [r.items for r in rows])
-    return text_metrics([r.reference or "" for r in rows], answers)
-
-
 def training_texts(run_dir: Path, own_id: str):
     """(file:line, text) of every row of every data input of the run's other stages, from their manifests."""
 
@@ -168,42 +157,66 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def generate_sharded(ctx: StageContext, name: str, path: str, sets: dict[str, tuple[str, list[EvalRow]]],
-                     settings: Any) -> dict[str, list[str]]:
-    """Every rank answers its share (rows rank::world of every set); the main rank merges them in row order and
-    saves generations/<name>.jsonl before anything is scored (metrics can be recomputed, and a failing judge
-    costs no generation). Other ranks get {}."""
+def saved_rows(mine: list[tuple[str, int, str, EvalRow]], texts: list[str]) -> list[dict[str, Any]]:
+    """This rank's answers as generations rows, each with what its metric is computed from."""
+    from rlmed.eval.generations import saved_row
+
+    return [saved_row(s, i, kind, row.messages, text, reference=row.reference, options=row.options,
+                      answer_key=row.answer, items=row.items) for (s, i, kind, row), text in zip(mine, texts)]
+
+
+def merge_shards(ctx: StageContext, name: str, shard: list[dict[str, Any]], set_order: list[str]
+                 ) -> list[dict[str, Any]]:
+    """Every rank writes its rows to generations/<name>.rank<k>.jsonl (its own file: no two ranks write one
+    file); after a barrier the main rank merges them in set then row order into generations/<name>.jsonl and
+    returns them. Other ranks get []. Every rank must call it (the barrier is a collective)."""
     from rlmed import dist
     from rlmed.artifacts import atomic_write_jsonl, read_jsonl
+    from rlmed.eval.generations import GENERATIONS
+
+    out_dir = ctx.stage_dir / GENERATIONS
+    world = dist.world_size()
+    if world > 1:
+        atomic_write_jsonl(out_dir / f"{name}.rank{dist.rank()}.jsonl", shard)
+        dist.barrier()
+        if not dist.is_main():
+            return []
+        shard = [r for k in range(world) for r in read_jsonl(out_dir / f"{name}.rank{k}.jsonl")]
+    order = {s: n for n, s in enumerate(set_order)}
+    merged = sorted(shard, key=lambda r: (order[r["set"]], r["index"]))
+    atomic_write_jsonl(out_dir / f"{name}.jsonl", merged)
+    return merged
+
+
+def generate_sharded(ctx: StageContext, name: str, path: str, sets: dict[str, tuple[str, list[EvalRow]]],
+                     settings: Any, source: Any = None) -> list[dict[str, Any]]:
+    """Every rank answers its share (rows rank::world of every set) and, given a reward source, scores that
+    share itself (its own judge-cache shard: rlmed.rl.sources). The merged rows are saved before scoring, so a
+    failing source costs no generation, and again with the scores. Returns the merged rows on the main rank,
+    [] on the others."""
+    from rlmed import dist
+    from rlmed.eval.generations import add_reward_scores
     from rlmed.generation import generate_hf
 
     rank, world = dist.rank(), dist.world_size()
-    mine = [(s, i, row) for s, (_, rows) in sets.items() for i, row in enumerate(rows)][rank::world]
-    texts = [a[0] for a in generate_hf(path, [row.messages for _, _, row in mine], settings, seed=ctx.seed)]
-    shard = [{"set": s, "index": i, "prompt": row.messages, "answer": t, "reference": row.reference}
-             for (s, i, row), t in zip(mine, texts)]
-    shards_dir = ctx.stage_dir / "generations"
-    if world > 1:
-        atomic_write_jsonl(shards_dir / f"{name}.rank{rank}.jsonl", shard)
-        dist.barrier()
-        if not dist.is_main():
-            return {}
-        shard = [r for k in range(world) for r in read_jsonl(shards_dir / f"{name}.rank{k}.jsonl")]
-    order = {s: n for n, s in enumerate(sets)}
-    shard.sort(key=lambda r: (order[r["set"]], r["index"]))
-    atomic_write_jsonl(shards_dir / f"{name}.jsonl", shard)
-    return {s: [r["answer"] for r in shard if r["set"] == s] for s in sets}
+    mine = [(s, i, kind, row) for s, (kind, rows) in sets.items() for i, row in enumerate(rows)][rank::world]
+    texts = [a[0] for a in generate_hf(path, [row.messages for *_, row in mine], settings, seed=ctx.seed)]
+    shard = saved_rows(mine, texts)
+    merged = merge_shards(ctx, name, shard, list(sets))
+    if source is None:
+        return merged
+    return merge_shards(ctx, name, add_reward_scores(source, shard), list(sets))
 
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
     from types import SimpleNamespace
 
-    from reward.base import Sample, score_sync
+    from rlmed import dist
     from rlmed.artifacts import atomic_write_json
     from rlmed.eval.contamination import find_contamination
+    from rlmed.eval.generations import answers_by_set, model_metrics, reward_means
     from rlmed.eval.pairwise import PairRow, compare_models_sync
     from rlmed.eval.report import render_report, tables
-    from rlmed import dist
     from rlmed.rl.sources import build_reward_source
 
     models = {model_name(p): p for p in inputs["models"]}
@@ -215,31 +228,25 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     sets = {Path(s.path).stem: load_eval_set(s, args) for s in inputs["data"]}
     settings = SimpleNamespace(samples_per_prompt=1, temperature=args.temperature, top_p=args.top_p,
                                batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    generation_sets = [s for s, (kind, _) in sets.items() if kind == "generation"]
+    # Built on every rank: each scores its own rows, a judge appending to its own cache shard (the rank).
+    source = build_reward_source(ctx.reward, ctx.run_dir) if ctx.reward is not None and generation_sets else None
 
-    answers = {name: generate_sharded(ctx, name, path, sets, settings) for name, path in models.items()}
+    saved = {name: generate_sharded(ctx, name, path, sets, settings, source) for name, path in models.items()}
     if not dist.is_main():
-        return {}  # the main rank scores, judges and reports
+        return {}  # the main rank computes the metrics, judges and reports
 
-    metrics = {name: {f"{s}/{k}": v for s, (kind, rows) in sets.items()
-                      for k, v in set_metrics(kind, rows, answers[name][s]).items()} for name in models}
+    kinds = {s: kind for s, (kind, _) in sets.items()}
+    metrics = {name: model_metrics(rows, kinds) for name, rows in saved.items()}
+    answers = {name: answers_by_set(rows) for name, rows in saved.items()}
     results: dict[str, Any] = {
         "baseline": baseline,
         "models": {name: {"path": path, "stage": Path(path).parent.name} for name, path in models.items()},
         "eval_sets": {s: {"rows": len(rows), "kind": kind} for s, (kind, rows) in sets.items()},
         "metrics": metrics,
     }
-    generation_sets = [s for s, (kind, _) in sets.items() if kind == "generation"]
-    if ctx.reward is not None and generation_sets:
-        source = build_reward_source(ctx.reward, ctx.run_dir)
-        results["reward"] = {}
-        for name in models:
-            results["reward"][name] = {}
-            for s in generation_sets:
-                rows = sets[s][1]
-                scores = score_sync(source, [Sample(prompt=r.messages, completion=a, reference=r.reference)
-                                             for r, a in zip(rows, answers[name][s])])
-                values = [sc.value for sc in scores if sc.value is not None]
-                results["reward"][name][f"{s}/reward_mean"] = sum(values) / len(values) if values else None
+    if source is not None:
+        results["reward"] = {name: reward_means(rows) for name, rows in saved.items()}
     if args.judge is not None and generation_sets:
         judge = build_reward_source(args.judge, ctx.run_dir)
         results["pairwise"] = {}

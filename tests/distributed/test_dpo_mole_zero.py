@@ -30,10 +30,11 @@ def test_dfpo_zero3_and_mole_zero2_zero3_on_two_ranks(tmp_path, tiny_model):
         {"id": "experts_z3", "kind": "mole", "inputs": {"model": "$dfpo.model", "data": str(tasks)},
          "args": {**mole_args, "merge": True},
          "trainer": {**trainer, "deepspeed": ZERO3, "gradient_checkpointing": True}},
-        # Generation sharded over both ranks, merged in row order by the main rank.
+        # Generation and reward scoring sharded over both ranks, merged in row order by the main rank.
         {"id": "eval", "kind": "evaluate", "inputs": {"models": ["$dfpo.model", "$experts_z3.model"],
                                                      "data": [str(SAMPLE / "heldout_prompts.jsonl")]},
-         "args": {"max_new_tokens": 8, "max_rows": 5}},
+         "args": {"max_new_tokens": 8, "max_rows": 5},
+         "reward": {"_component_": "reward.rules.Rules", "max_chars": 12, "length_penalty": 0.5}},
     ]
     result = launch(recipe_file(tmp_path, "pref", stages), ranks=2, timeout=600)
     assert result.returncode == 0, tail(result)
@@ -48,7 +49,13 @@ def test_dfpo_zero3_and_mole_zero2_zero3_on_two_ranks(tmp_path, tiny_model):
     generations = tmp_path / "pref" / "eval" / "generations"
     merged = [json.loads(line) for line in (generations / "experts_z3.jsonl").open(encoding="utf-8")]
     assert [r["index"] for r in merged] == [0, 1, 2, 3, 4]  # rank 0 answered 0, 2, 4 and rank 1 answered 1, 3
-    assert len((generations / "experts_z3.rank1.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+    rank1 = [json.loads(line) for line in (generations / "experts_z3.rank1.jsonl").open(encoding="utf-8")]
+    assert [r["index"] for r in rank1] == [1, 3]
+    # Rank 1 scored its own rows (its shard file has the scores), and the saved rows give the reported means.
+    assert all(isinstance(r["reward"], float) for r in rank1) and all(isinstance(r["reward"], float) for r in merged)
+    results = json.loads((tmp_path / "pref" / "eval" / "results.json").read_text(encoding="utf-8"))
+    mean = sum(r["reward"] for r in merged) / len(merged)
+    assert abs(results["reward"]["experts_z3"]["heldout_prompts/reward_mean"] - mean) < 1e-9
     assert manifest(tmp_path / "pref" / "eval")["metrics"]["models"] == 2
 
     # Fresh process: the DFPO model, both adapters (base = the DFPO model) and the ZeRO-3 export all load; the

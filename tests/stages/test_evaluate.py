@@ -4,8 +4,12 @@ contamination with a training input is reported, and report.md / results.json / 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
+import pytest
+
+from rlmed.cli import main
 from tests.conftest import write_jsonl
 from tests.reward.server import JudgeServer
 from tests.stages.conftest import manifest, run_recipe
@@ -60,6 +64,18 @@ def test_evaluate_compares_models_on_every_metric_family_and_writes_the_report(t
     assert leak["eval_set"] == "dialogues" and leak["row"] == 0 and leak["source"] == f"{train}:1"
     generations = [json.loads(line) for line in (stage_dir / "generations" / "sft.jsonl").open(encoding="utf-8")]
     assert len(generations) == 2 + 2 + 1 and {g["set"] for g in generations} == {"dialogues", "mcq", "kb"}
+    # Rows carry what their metric needs (recompute reads them), and the dialogue rows their reward score.
+    by_set = {s: [g for g in generations if g["set"] == s] for s in ("dialogues", "mcq", "kb")}
+    assert [(g["kind"], g["options"], g["answer_key"]) for g in by_set["mcq"]] == [
+        ("choice", ["体温升高", "皮疹", "腹泻", "咳嗽"], "A"), ("choice", ["便秘", "口腔疱疹", "耳痛", "鼻塞"], "B")]
+    assert [(g["kind"], g["items"]) for g in by_set["kb"]] == [("hitrate", ["儿童发热", "疼痛"])]
+    for model in ("sft", "other"):
+        rows = [json.loads(line) for line in (stage_dir / "generations" / f"{model}.jsonl").open(encoding="utf-8")]
+        scores = [g["reward"] for g in rows if g["set"] == "dialogues"]
+        assert len(scores) == 2 and all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in scores), scores
+        assert all("reward" not in g for g in rows if g["set"] != "dialogues")  # exact metrics there, no source
+        assert results["reward"][model]["dialogues/reward_mean"] == pytest.approx(sum(scores) / len(scores))
+    assert not list((stage_dir / "generations").glob("*.rank*.jsonl"))  # one process: no rank shards
     report = (stage_dir / "report.md").read_text(encoding="utf-8")
     assert "sft" in report and "other" in report and "mcq/accuracy" in report
     m = manifest(tmp_path, "eval")["metrics"]
@@ -80,3 +96,85 @@ def test_meds_ins_template_lays_out_the_solved_cases(tmp_path, tiny_model):
     prompt = row["prompt"][-1]["content"]
     assert prompt.startswith("Case1: Input: 发热的常见表现是？") and ", Output: A\n" in prompt
     assert "Please learn from the few-shot cases to see what content you have to output. Input: 手足口病" in prompt
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_model):
+    """One evaluate run (all three set kinds, a reward source), shared: each test edits its own copy."""
+    tmp_path = tmp_path_factory.mktemp("evaluated")
+    stage = {"id": "eval", "kind": "evaluate", "inputs": {"models": [str(tiny_model)], "data": eval_sets(tmp_path)},
+             "args": {"max_new_tokens": 8},
+             "reward": {"_component_": "reward.similarity.ReferenceSimilarity", "metric": "char_f1"}}
+    assert run_recipe(tmp_path, [stage]) == 0
+    return tmp_path / "run", tiny_model.parent.name
+
+
+def _copy_run(evaluated, tmp_path):
+    run_dir, name = evaluated
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy, copy / "eval" / "generations" / f"{name}.jsonl", name
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _write_rows(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_report_recompute_reads_the_edited_generations(evaluated, tmp_path, caplog):
+    run_dir, generations, name = _copy_run(evaluated, tmp_path)
+    results_path = run_dir / "eval" / "results.json"
+    before = json.loads(results_path.read_text(encoding="utf-8"))
+    old = before["metrics"][name]["mcq/accuracy"]
+    # Both answers right, or (if the tiny model already got both) both unanswered: the accuracy must change.
+    new, cell = (0.0, "0") if old == 100.0 else (100.0, "100.00")
+    rows = _rows(generations)
+    for row in rows:
+        if row["set"] == "mcq":
+            row["answer"] = "不知道" if new == 0.0 else f"答案：{row['answer_key']}"
+    _write_rows(generations, rows)
+
+    caplog.set_level(logging.INFO, logger="rlmed.eval.recompute")
+    assert main(["report", str(run_dir), "--recompute"]) == 0
+    after = json.loads(results_path.read_text(encoding="utf-8"))
+    assert after["metrics"][name]["mcq/accuracy"] == new
+    # Untouched rows give back exactly what the stage computed: the stage and recompute share the code.
+    unchanged = {k: v for k, v in before["metrics"][name].items() if not k.startswith("mcq/")}
+    assert {k: after["metrics"][name][k] for k in unchanged} == unchanged
+    # The reward means cannot be recomputed without the source: kept, and the log says so.
+    assert after["reward"] == before["reward"] and after["recomputed"]["kept"] == ["reward"]
+    assert any("kept reward" in r.getMessage() for r in caplog.records)
+    report = (run_dir / "eval" / "report.md").read_text(encoding="utf-8")
+    assert f"| mcq/accuracy | {cell} |" in report
+    assert "Metrics recomputed from the saved generations" in report
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("older", ":1: the row has no 'kind'"),
+    ("torn", ":2: not valid JSON"),
+    ("missing", ": no such file"),
+    ("truncated", ": eval set 'mcq' has row indices [0]; expected each of 0..1 once"),
+])
+def test_report_recompute_names_the_broken_generations_file(evaluated, tmp_path, capsys, damage, expected):
+    run_dir, generations, _ = _copy_run(evaluated, tmp_path)
+    rows = _rows(generations)
+    if damage == "older":  # rows as rlmed wrote them before they carried their kind
+        _write_rows(generations, [{k: r[k] for k in ("set", "index", "prompt", "answer", "reference")} for r in rows])
+    elif damage == "torn":
+        lines = generations.read_text(encoding="utf-8").splitlines()
+        generations.write_text("\n".join([lines[0], lines[1][:20], *lines[2:]]) + "\n", encoding="utf-8")
+    elif damage == "missing":
+        generations.unlink()
+    else:
+        _write_rows(generations, [r for r in rows if not (r["set"] == "mcq" and r["index"] == 1)])
+    results = (run_dir / "eval" / "results.json").read_bytes()
+
+    assert main(["report", str(run_dir), "--recompute"]) == 1
+    err = capsys.readouterr().err
+    assert f"{generations}{expected}" in err, err
+    if damage in ("older", "missing"):
+        assert "re-run the evaluate stage" in err and "--only eval" in err
+    assert (run_dir / "eval" / "results.json").read_bytes() == results  # nothing written on failure
