@@ -29,6 +29,9 @@ STAGE_KEYS = {"id", "kind", "description", "inputs", "args", "trainer", "callbac
 ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 # Set by rlmed for every training stage; a recipe value would be silently overridden or break resume.
 MANAGED_TRAINER_FIELDS = {"output_dir", "resume_from_checkpoint"}
+# Trainer fields that also take `auto`, resolved on the machine that runs the stage (rlmed.training): one recipe
+# then turns Liger's kernels on where they are installed and usable, and runs unchanged on a laptop.
+AUTO_TRAINER_FIELDS = {"use_liger_kernel"}
 
 
 class RecipeError(ValueError):
@@ -246,6 +249,8 @@ def _parse_args(raw: Any, spec: StageSpec, where: str, defaults: dict, used_defa
             continue
         values[key] = value
     for key, value in list(values.items()):
+        if key in AUTO_TRAINER_FIELDS and value == "auto":
+            continue
         try:
             values[key] = coerce(value, types[key])
         except ConfigTypeError as exc:
@@ -290,10 +295,13 @@ def _parse_trainer(raw: Any, spec: StageSpec, where: str, defaults: dict, used_d
         else:
             values[key] = value
     for key, value in list(values.items()):
+        if key in AUTO_TRAINER_FIELDS and value == "auto":
+            continue
         try:
             values[key] = coerce(value, types[key])
         except ConfigTypeError as exc:
-            problems.append(f"{where}: trainer.{key}: {exc}")
+            also = " (or auto)" if key in AUTO_TRAINER_FIELDS else ""
+            problems.append(f"{where}: trainer.{key}: {exc}{also}")
     if isinstance(values.get("deepspeed"), str):
         found = _deepspeed_config(values["deepspeed"], recipe_path)
         if found is None:

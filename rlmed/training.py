@@ -39,6 +39,8 @@ def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **stage_
     }
     fields.update(stage_defaults)
     fields.update(ctx.trainer)
+    if "use_liger_kernel" in fields:
+        fields["use_liger_kernel"] = liger_setting(fields["use_liger_kernel"], ctx.stage_id)
     if not has_eval and fields.get("eval_strategy") not in (None, "no"):
         logger.warning("stage %s: no validation data, so eval_strategy=%s is turned off", ctx.stage_id,
                        fields["eval_strategy"])
@@ -57,6 +59,31 @@ def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **stage_
             fields.setdefault("use_cpu", True)
     config_cls = import_object(config_path)
     return config_cls(**fields)
+
+
+def liger_available() -> bool:
+    """Liger's fused kernels are Triton kernels: they need the package and a CUDA device."""
+    import importlib.util
+
+    import torch
+
+    return importlib.util.find_spec("liger_kernel") is not None and torch.cuda.is_available()
+
+
+def liger_setting(value: Any, stage_id: str) -> bool:
+    """`use_liger_kernel`: auto -> on where Liger is installed and usable; true where it is not -> a clear error
+    now, rather than transformers' ImportError after the model has loaded."""
+    import importlib.util
+
+    if value == "auto":
+        on = liger_available()
+        logger.info("stage %s: use_liger_kernel auto -> %s", stage_id,
+                    "on" if on else "off (needs the liger-kernel package and a CUDA device)")
+        return on
+    if value and importlib.util.find_spec("liger_kernel") is None:
+        raise ValueError(f"stage {stage_id}: trainer.use_liger_kernel is true but the liger-kernel package is not "
+                         "installed; `pip install liger-kernel`, or set it to auto (on only where installed)")
+    return bool(value)
 
 
 def metrics_callback(ctx: StageContext) -> Any:

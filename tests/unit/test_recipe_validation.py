@@ -289,3 +289,18 @@ def test_reward_reference_makes_the_graph(files):
     recipe = load_recipe(write_recipe(files / "recipe.yaml", {"name": "x", "stages": stages}))
     assert recipe.stage("fb").reward == reward
     assert [str(r) for r in recipe.stage("fb").refs()] == ["$base.model"]
+
+
+def test_use_liger_kernel_takes_auto_and_stays_unresolved_until_the_stage_runs(files, monkeypatch):
+    monkeypatch.chdir(files)
+    stages = base_stages()
+    stages[1]["trainer"] = {"use_liger_kernel": "auto"}
+    recipe = load_recipe(write_recipe(files / "recipe.yaml", {"name": "ok", "stages": stages}))
+    assert recipe.stage("sft").trainer["use_liger_kernel"] == "auto"  # the running machine decides
+
+
+def test_use_liger_kernel_rejects_other_words(files):
+    stages = base_stages()
+    stages[1]["trainer"] = {"use_liger_kernel": "sometimes"}
+    problem = one_problem(files, {"name": "bad", "stages": stages})
+    assert "stage 'sft'" in problem and "trainer.use_liger_kernel" in problem
