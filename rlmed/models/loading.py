@@ -70,7 +70,30 @@ def _load_mole(name_or_path: str) -> Any:
     return None
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "auto", **kwargs: Any) -> Any:
+# The attention kernels that need a package of their own, and the module that package installs.
+FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def resolve_attention(value: str | None) -> str | None:
+    """`attn_implementation` for from_pretrained: None lets transformers choose (sdpa where the model has it);
+    auto picks flash_attention_2 where flash-attn and CUDA exist, so that packed, padding-free batches attend
+    per document instead of over the whole flattened batch."""
+    import importlib.util
+
+    import torch
+
+    if value in (None, "auto"):
+        usable = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+        return "flash_attention_2" if usable else None
+    package = FLASH_PACKAGES.get(value)
+    if package and importlib.util.find_spec(package) is None:
+        raise ValueError(f"args.attn_implementation: {value} needs the {package} package (pip install flash-attn, "
+                         "on a CUDA machine); use auto to pick it only where it is installed")
+    return value
+
+
+def load_causal_lm(name_or_path: str, dtype: str = "auto", attn_implementation: str | None = None,
+                   **kwargs: Any) -> Any:
     """AutoModelForCausalLM from a folder or Hub id; `dtype` 'auto' keeps the checkpoint's dtype on GPU and
     uses float32 on CPU (bf16 matmuls on CPU are slow and fp16 ones unsupported).
 
@@ -81,6 +104,9 @@ def load_causal_lm(name_or_path: str, dtype: str = "auto", **kwargs: Any) -> Any
     from rlmed.models.lora import adapter_base, apply_adapter
 
     torch_dtype = _torch_dtype(dtype)
+    attention = resolve_attention(attn_implementation)
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     mole_model = _load_mole(name_or_path)
     if mole_model is not None:
         return mole_model

@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
@@ -47,6 +47,10 @@ class ModelArgs:
     """Train LoRA adapters instead of all weights: {r, alpha, dropout, target_modules, modules_to_save}."""
     merge: bool = False
     """With lora: also write base + adapter merged into one full model (the `merged` output)."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3",
+                                 "flex_attention"] = "auto"
+    """Attention kernels: auto = flash_attention_2 where flash-attn and CUDA exist (packed, padding-free batches
+    then attend per document), else transformers' default (sdpa)."""
 
     def __post_init__(self) -> None:
         if self.merge and self.lora is None:

@@ -152,7 +152,8 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
     tokenizer = load_tokenizer(inputs["model"])
     config = training.trainer_config(ctx, config_path, has_eval=False, per_device_train_batch_size=8,
                                      learning_rate=1e-6, num_train_epochs=1)
-    model, parameters = training.with_lora(load_causal_lm(inputs["model"], dtype=args.dtype), args.lora)
+    model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
+    model, parameters = training.with_lora(model, args.lora)
     name = ctx.reward["_component_"].rsplit(".", 1)[-1]
     trainer = import_object(trainer_path)(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
                           reward_funcs=[trl_reward(source, name, counter)], processing_class=tokenizer,

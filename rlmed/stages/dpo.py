@@ -60,7 +60,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
                                      learning_rate=5e-7, num_train_epochs=1,
                                      precompute_ref_log_probs=args.precompute_ref)
     # The config first: under ZeRO-3 the policy (and trl's reference copy) load partitioned.
-    model, parameters = training.with_lora(load_causal_lm(inputs["model"], dtype=args.dtype), args.lora)
+    model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
+    model, parameters = training.with_lora(model, args.lora)
     trainer = DFPOTrainer(model=model, args=config, train_dataset=conversational(train_pairs),
                           eval_dataset=conversational(eval_pairs) if eval_pairs else None,
                           processing_class=tokenizer, callbacks=training.callbacks(ctx), nll_weight=args.nll_weight)

@@ -98,7 +98,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     config = training.trainer_config(ctx, "transformers.TrainingArguments", has_eval=eval_set is not None,
                                      per_device_train_batch_size=8, learning_rate=5e-5, num_train_epochs=1)
     # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
-    model, parameters = training.with_lora(load_causal_lm(inputs["model"], dtype=args.dtype), args.lora)
+    model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
+    model, parameters = training.with_lora(model, args.lora)
     # Blocks are all max_length long, so no padding and no collator masking: labels are the inputs.
     trainer = Trainer(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=default_data_collator, processing_class=tokenizer,

@@ -62,7 +62,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
 
     from rlmed import dist, training
     from rlmed.data.sources import bad_row_metrics, load_sources, pair
-    from rlmed.models.loading import load_tokenizer
+    from rlmed.models.loading import load_tokenizer, resolve_attention
     from rlmed.models.lora import adapter_base, apply_adapter
 
     loaded = load_sources(inputs["pairs"], pair, seed=ctx.seed, total=args.num_samples)
@@ -77,7 +77,9 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     config = training.trainer_config(ctx, "trl.RewardConfig", has_eval=bool(eval_pairs),
                                      per_device_train_batch_size=8, learning_rate=1e-5, num_train_epochs=1)
     base = adapter_base(inputs["model"]) or inputs["model"]
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    attention = resolve_attention(args.attn_implementation)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=1, **({"attn_implementation": attention} if attention else {}))
     if base != inputs["model"]:  # a LoRA model input: its adapter applies to the same backbone
         model = apply_adapter(model, inputs["model"])
     model.config.pad_token_id = tokenizer.pad_token_id

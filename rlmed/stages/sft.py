@@ -1,10 +1,20 @@
 """Stage `sft`: full-parameter supervised fine-tuning on dialogues, through trl's SFTTrainer.
 
 Dialogues (alpaca, ShareGPT, OpenAI messages; multi-turn) are rendered with the model's chat template, or one
-given in `args.chat_template`, and tokenised here with a mask of the assistant's tokens (rlmed.data.chat), which
-works with templates that have no generation markers. SFTTrainer turns that mask into labels, so the loss falls
-on assistant tokens only, end-of-turn included; truncation (`trainer.max_length`) and optional packing
-(`trainer.packing`) are trl's. Chain two `sft` stages for DISC-MedLLM's two-stage SFT.
+given in `args.chat_template`, and tokenised here in batches with a mask of the assistant's tokens
+(rlmed.data.chat), which works with templates that have no generation markers, and labels built from it, so
+the loss falls on assistant tokens only, end-of-turn included; truncation (`trainer.max_length`) and optional
+packing (`trainer.packing`) are trl's. Chain two `sft` stages for DISC-MedLLM's two-stage SFT.
+
+Packing is off by default. `trainer.packing: true` packs the dialogues into rows of up to `max_length` tokens
+(trl's `packing_strategy: bfd`) and trains on padding-free batches: a batch's rows are flattened into one
+sequence whose dialogues are kept apart by their position ids, with the loss still on assistant tokens only.
+It removes the padding (about 43% of the tokens of padded batches of 8 on gamma-distributed dialogue lengths;
+`python -m bench.data`), and `per_device_train_batch_size` then counts packed rows, not dialogues. But with
+sdpa, the attention transformers picks by default and the one models load with here, the flattened batch is
+attended as one sequence under a block-diagonal mask, so attention costs (rows x max_length)^2 per batch: the
+tiny model on CPU trains 2-3x fewer tokens per second packed than padded. Packing pays with a varlen flash
+attention (`flash_attention_2`/`_3`), or for models large enough that their linear layers dominate the step.
 """
 
 from __future__ import annotations
@@ -42,16 +52,44 @@ def read_template(value: str | None) -> str | None:
     return path.read_text(encoding="utf-8")
 
 
+TOKENIZE_CHUNK = 1024  # dialogues per batched tokenizer call
+
+
 def tokenize_all(tokenizer: Any, dialogues: list[list[dict]], name: str) -> Any:
+    """A Dataset of `input_ids`, `assistant_masks` (rlmed.data.chat) and the `labels` SFTTrainer trains on (the
+    ids on assistant tokens, -100 elsewhere), tokenised in batches of dialogues.
+
+    With `labels` given, SFTTrainer skips building them from the mask itself (a pass over the dataset that
+    re-reads and re-writes every row) and only truncates or packs; the labels are the ones it would build.
+    """
     from datasets import Dataset
     from tqdm import tqdm
 
-    from rlmed.data.chat import tokenize_dialogue
+    from rlmed.data.chat import tokenize_dialogues
 
-    rows = [tokenize_dialogue(tokenizer, d) for d in tqdm(dialogues, desc=f"tokenising {name}", unit="dialogue",
-                                                          disable=len(dialogues) < 5000)]
-    return Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows],
-                              "assistant_masks": [r["assistant_masks"] for r in rows]})
+    input_ids: list[list[int]] = []
+    masks: list[list[int]] = []
+    labels: list[list[int]] = []
+    with tqdm(total=len(dialogues), desc=f"tokenising {name}", unit="dialogue",
+              disable=len(dialogues) < 5000) as bar:
+        for start in range(0, len(dialogues), TOKENIZE_CHUNK):
+            chunk = tokenize_dialogues(tokenizer, dialogues[start:start + TOKENIZE_CHUNK])
+            input_ids += chunk["input_ids"]
+            masks += chunk["assistant_masks"]
+            labels += [[t if m else -100 for t, m in zip(ids, mask)]
+                       for ids, mask in zip(chunk["input_ids"], chunk["assistant_masks"])]
+            bar.update(len(chunk["input_ids"]))
+    return Dataset.from_dict({"input_ids": input_ids, "assistant_masks": masks, "labels": labels})
+
+
+def warn_dense_packing(ctx: StageContext, config: Any, model: Any) -> None:
+    """Packed, padding-free batches only pay with varlen attention; say so where sdpa/eager will run them."""
+    attention = getattr(model.config, "_attn_implementation", None)
+    if getattr(config, "packing", False) and attention in ("sdpa", "eager"):
+        ctx.log.warning("trainer.packing with %s attention: a batch's packed rows are attended as one sequence "
+                        "under a block-diagonal mask, which costs (rows x max_length)^2 and trained the tiny model "
+                        "2-3x slower than padded batches (bench.data); set args.attn_implementation: "
+                        "flash_attention_2 (pip install flash-attn) on a GPU, or trainer.packing: false", attention)
 
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
@@ -80,7 +118,9 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
                                      per_device_train_batch_size=8, learning_rate=2e-5, num_train_epochs=1,
                                      max_length=1024)
     # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
-    model, parameters = training.with_lora(load_causal_lm(inputs["model"], dtype=args.dtype), args.lora)
+    model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
+    model, parameters = training.with_lora(model, args.lora)
+    warn_dense_packing(ctx, config, model)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer, callbacks=training.callbacks(ctx))
     metrics = training.train(ctx, trainer)

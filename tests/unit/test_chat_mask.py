@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlmed.data.chat import ChatTemplateError, tokenize_dialogue
+from rlmed.data.chat import ChatTemplateError, tokenize_dialogue, tokenize_dialogues
 
 DIALOGUE = [
     {"role": "user", "content": "医生，孩子发烧38.5度两天了，精神还可以。"},
@@ -67,6 +67,54 @@ def test_template_that_rewrites_earlier_turns_is_refused(tiny_tokenizer):
     )
     with pytest.raises(ChatTemplateError, match="prefix"):
         tokenize_dialogue(tiny_tokenizer, DIALOGUE)
+    with pytest.raises(ChatTemplateError, match="prefix"):
+        tokenize_dialogues(tiny_tokenizer, [DIALOGUE[:2], DIALOGUE])
+
+
+def varied_dialogues() -> list[list[dict]]:
+    """1-3 turns, with and without a system prompt, answers with trailing whitespace or a literal end-of-turn."""
+    answers = ["多喝水。", "可以先观察。\n\n", "  体温超过38.5度可用退烧药，注意间隔4到6小时。  ", "好的<|im_end|>再见",
+               "如果持续高热超过三天，或出现抽搐、精神差，请尽快就医。" * 3]
+    questions = ["孩子咳嗽怎么办？", "需要去医院吗？\n", "宝宝两岁，发烧三天，体温最高39度。"]
+    out = []
+    for i in range(24):
+        messages = [{"role": "system", "content": "你是儿科医生。"}] if i % 3 == 0 else []
+        for t in range(i % 3 + 1):
+            messages += [{"role": "user", "content": questions[(i + t) % len(questions)]},
+                         {"role": "assistant", "content": answers[(i * 2 + t) % len(answers)]}]
+        out.append(messages)
+    return out
+
+
+OTHER_TEMPLATE = (  # no default system turn, a blank line after each turn, a generation prompt with a space
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}<|im_end|>\n\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", ["own", "other"])
+def test_batched_tokenisation_equals_the_per_dialogue_one(tiny_tokenizer, template, monkeypatch):
+    """tokenize_dialogues / tokenize_all (batched renders, one tokenizer call per chunk) give exactly the ids and
+    masks of tokenize_dialogue, one dialogue at a time; tokenize_all's labels are the ids under the mask."""
+    from rlmed.stages import sft
+
+    if template == "other":
+        tiny_tokenizer = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)
+        tiny_tokenizer.chat_template = OTHER_TEMPLATE
+    dialogues = varied_dialogues()
+    expected = [tokenize_dialogue(tiny_tokenizer, d) for d in dialogues]
+    batched = tokenize_dialogues(tiny_tokenizer, dialogues)
+    assert batched["input_ids"] == [e["input_ids"] for e in expected]
+    assert batched["assistant_masks"] == [e["assistant_masks"] for e in expected]
+    assert all(any(m) for m in batched["assistant_masks"])
+
+    monkeypatch.setattr(sft, "TOKENIZE_CHUNK", 5)  # several chunks, the last one short
+    dataset = sft.tokenize_all(tiny_tokenizer, dialogues, "train")
+    assert dataset["input_ids"] == batched["input_ids"]
+    assert dataset["assistant_masks"] == batched["assistant_masks"]
+    assert dataset["labels"] == [[t if m else -100 for t, m in zip(e["input_ids"], e["assistant_masks"])]
+                                 for e in expected]
+    assert tokenize_dialogues(tiny_tokenizer, []) == {"input_ids": [], "assistant_masks": []}
 
 
 def sft_trainer(tiny_model, tiny_tokenizer, tmp_path, dataset, **config):
@@ -79,7 +127,7 @@ def sft_trainer(tiny_model, tiny_tokenizer, tmp_path, dataset, **config):
 
 
 def test_sft_trainer_builds_labels_from_rlmed_masks(tiny_model, tiny_tokenizer, tmp_path):
-    """trl turns our masks into labels: -100 everywhere except assistant tokens (guards against trl changes)."""
+    """trl trains on rlmed's labels as given: -100 everywhere except assistant tokens (guards against trl changes)."""
     from rlmed.stages.sft import tokenize_all
 
     dataset = tokenize_all(tiny_tokenizer, [DIALOGUE, DIALOGUE[:2]], "train")
@@ -103,3 +151,44 @@ def test_packed_sft_keeps_exactly_the_assistant_labels(tiny_model, tiny_tokenize
     expected = Counter(t for row in dataset for t, m in zip(row["input_ids"], row["assistant_masks"]) if m)
     trained = Counter(t for row in packed for t in row["labels"] if t != -100)
     assert trained == expected
+
+
+def test_packed_padding_free_rows_keep_documents_apart_with_sdpa(tiny_model, tiny_tokenizer, tmp_path):
+    """trl's bfd packing with padding-free batches is correct on CPU with sdpa attention: transformers isolates the
+    packed documents by their position_ids, so a document's logits in a packed row equal its logits alone, and
+    the labels are the assistant tokens only (each document's first token, which follows the previous document,
+    is never a target)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlmed.stages.sft import tokenize_all
+
+    dialogues = [DIALOGUE, DIALOGUE[:2], DIALOGUE[2:], [{"role": "system", "content": "你是儿科医生。"}, *DIALOGUE]]
+    dataset = tokenize_all(tiny_tokenizer, dialogues, "train")
+    trainer = sft_trainer(tiny_model, tiny_tokenizer, tmp_path, dataset, max_length=512, packing=True,
+                          per_device_train_batch_size=2)
+    assert trainer.padding_free  # trl turns it on for bfd packing
+    rows = trainer.train_dataset.to_list()
+    batch = trainer.data_collator(rows[:2])  # two packed rows, flattened into one
+    assert set(batch) >= {"input_ids", "position_ids", "labels"} and "attention_mask" not in batch
+    lengths = [n for row in rows[:2] for n in row["seq_lengths"]]
+    assert len(lengths) >= 3 and sum(lengths) == batch["input_ids"].shape[1]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        # use_cache=False as trl's compute_loss passes it: with a cache, transformers does not look for packing.
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        unaware = model(input_ids=batch["input_ids"], use_cache=False).logits[0]
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    start = 0
+    for n in lengths:
+        with torch.no_grad():
+            alone = model(input_ids=ids[start:start + n][None], use_cache=False).logits[0]
+        assert torch.allclose(packed[start:start + n], alone, atol=1e-5)
+        if start:  # without position_ids, later documents would attend to earlier ones
+            assert not torch.allclose(unaware[start:start + n], alone, atol=1e-3)
+        expected = dataset["labels"][dataset["input_ids"].index(ids[start:start + n].tolist())]  # whole dialogues
+        assert labels[start:start + n].tolist() == [-100] + expected[1:]
+        assert expected[0] == -100  # the first token is the template's, never the assistant's
+        start += n
