@@ -176,22 +176,32 @@ def padding_fraction(batches: Sequence[dict], examples: Sequence[Sequence[dict]]
 
 
 def collate(dataset: Any, pad_token_id: int, batch_size: int, padding_free: bool,
-            seed: int) -> tuple[list[list[dict]], list[dict]]:
-    """(example groups, collated batches) of `dataset` as the Trainer feeds them: a seeded random order, batches
-    of `batch_size` rows, trl's collator (padded, or padding-free as trl uses it for bfd packing)."""
+            seed: int, grouped: bool = False) -> tuple[list[list[dict]], list[dict]]:
+    """(example groups, collated batches) of `dataset` as the Trainer feeds them: a seeded random order (or, with
+    `grouped`, the Trainer's `train_sampling_strategy: group_by_length` order: transformers' LengthGroupedSampler,
+    random mega-batches of 50 batches sorted by length), batches of `batch_size` rows, trl's collator (padded, or
+    padding-free as trl uses it for bfd packing)."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     collator = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=padding_free)
     columns = ["input_ids", "labels"] + (["seq_lengths"] if "seq_lengths" in dataset.column_names else [])
     rows = dataset.select_columns(columns).to_list()
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
+    if grouped:
+        sampler = LengthGroupedSampler(batch_size, lengths=[len(r["input_ids"]) for r in rows],
+                                       generator=torch.Generator().manual_seed(seed))
+        order = list(sampler)
+    else:
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
     groups = [[rows[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
     return groups, [collator(g) for g in groups]
 
 
-def batch_figures(dataset: Any, pad_token_id: int, batch_size: int, padding_free: bool, seed: int) -> dict:
-    groups, batches = collate(dataset, pad_token_id, batch_size, padding_free, seed)
+def batch_figures(dataset: Any, pad_token_id: int, batch_size: int, padding_free: bool, seed: int,
+                  grouped: bool = False) -> dict:
+    groups, batches = collate(dataset, pad_token_id, batch_size, padding_free, seed, grouped)
     tokens = [int(b["input_ids"].numel()) for b in batches]
     rows = [r for g in groups for r in g]
     real = sum(len(r["input_ids"]) for r in rows)
@@ -199,12 +209,13 @@ def batch_figures(dataset: Any, pad_token_id: int, batch_size: int, padding_free
     return {"rows": len(rows), "batches": len(batches), "padding_fraction": padding_fraction(batches, groups),
             "tokens": real, "trained_token_fraction": trained / real if real else 0.0,
             "mean_tokens_per_batch": statistics.mean(tokens), "max_tokens_per_batch": max(tokens),
-            "batch_layout": "padding-free (1 flattened row)" if padding_free else f"padded ({batch_size} rows)"}
+            "batch_layout": "padding-free (1 flattened row)" if padding_free else
+            f"padded ({batch_size} rows{', grouped by length' if grouped else ''})"}
 
 
 # --- training steps ---------------------------------------------------------------------------------------------
 
-def step_figures(model_dir: Path, layouts: dict[str, tuple[Any, bool]], pad_token_id: int, batch_size: int,
+def step_figures(model_dir: Path, layouts: dict[str, tuple[Any, bool, bool]], pad_token_id: int, batch_size: int,
                  steps: int, seed: int) -> dict:
     """Forward + backward of the model (sdpa attention, as rlmed loads it) on the first batches of each layout,
     after one warm-up step of each, alternating (the order flips every round); real and trained tokens per second
@@ -216,8 +227,11 @@ def step_figures(model_dir: Path, layouts: dict[str, tuple[Any, bool]], pad_toke
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa",
                                                  dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     model.to(device).train()
-    batches = {name: collate(ds, pad_token_id, batch_size, pf, seed)[1][: steps + 1]
-               for name, (ds, pf) in layouts.items()}
+    # Each layout's batches in its own order (the length-grouped one's first batch holds its longest rows): the
+    # steps cover a spread of batches, not only the first ones.
+    batches = {name: collate(ds, pad_token_id, batch_size, pf, seed, grouped)[1]
+               for name, (ds, pf, grouped) in layouts.items()}
+    batches = {name: b[:: max(1, len(b) // (steps + 1))][: steps + 1] for name, b in batches.items()}
 
     def step(batch: dict) -> tuple[float, int, int]:
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
@@ -325,6 +339,8 @@ def main(argv: list[str] | None = None) -> dict:
         "rlmed_packed_padding_free": batch_figures(prepared["rlmed"], pad_id, args.batch_size, True, args.seed),
         "trl_packed_padding_free": batch_figures(prepared["trl"], pad_id, args.batch_size, True, args.seed),
         "rlmed_unpacked_padded": batch_figures(unpacked, pad_id, args.batch_size, False, args.seed),
+        "rlmed_unpacked_length_grouped": batch_figures(unpacked, pad_id, args.batch_size, False, args.seed,
+                                                       grouped=True),
     }
     for key in ("rlmed_packed_padding_free", "trl_packed_padding_free"):
         fig = padding[key]
@@ -335,11 +351,14 @@ def main(argv: list[str] | None = None) -> dict:
     steps = None
     if args.steps > 0:
         print(f"training steps: {args.steps} of each batch layout (sdpa attention) ...", flush=True)
-        steps = step_figures(model_dir, {"packed_padding_free": (prepared["rlmed"], True),
-                                         "unpacked_padded": (unpacked, False)},
+        steps = step_figures(model_dir, {"packed_padding_free": (prepared["rlmed"], True, False),
+                                         "unpacked_padded": (unpacked, False, False),
+                                         "unpacked_length_grouped": (unpacked, False, True)},
                              pad_id, args.batch_size, args.steps, args.seed)
         steps["real_tokens_per_s_ratio_packed_over_padded"] = (
             steps["packed_padding_free"]["real_tokens_per_s"] / steps["unpacked_padded"]["real_tokens_per_s"])
+        steps["real_tokens_per_s_ratio_grouped_over_padded"] = (
+            steps["unpacked_length_grouped"]["real_tokens_per_s"] / steps["unpacked_padded"]["real_tokens_per_s"])
     tmp.cleanup()
 
     result = {
@@ -371,16 +390,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"training batches of {args.batch_size} rows, max_length {args.max_length}:")
     for key, fig in padding.items():
         fill = f", packed rows {fig['packed_row_fill']:.1%} full" if "packed_row_fill" in fig else ""
-        print(f"  {key:<26} padding {fig['padding_fraction']:6.2%}   {fig['batches']:5d} batches, "
+        print(f"  {key:<30} padding {fig['padding_fraction']:6.2%}   {fig['batches']:5d} batches, "
               f"{fig['mean_tokens_per_batch']:7.0f} tokens/batch{fill}, loss on {fig['trained_token_fraction']:.1%} "
               f"of tokens, {fig['tokens_lost_to_truncation_fraction']:.2%} lost to truncation")
     if steps:
         print(f"training steps (forward + backward, sdpa, {steps['device']}, {steps['threads']} threads):")
-        for key in ("packed_padding_free", "unpacked_padded"):
+        for key in ("packed_padding_free", "unpacked_padded", "unpacked_length_grouped"):
             fig = steps[key]
-            print(f"  {key:<20} {fig['real_tokens_per_s']:9.0f} real tokens/s   {fig['trained_tokens_per_s']:9.0f} "
+            print(f"  {key:<24} {fig['real_tokens_per_s']:9.0f} real tokens/s   {fig['trained_tokens_per_s']:9.0f} "
                   f"trained tokens/s   ({fig['steps']} steps, {fig['seconds']:.1f} s)")
-        print(f"  packed padding-free / padded: {steps['real_tokens_per_s_ratio_packed_over_padded']:.2f}x real tokens/s")
+        print(f"  packed padding-free / padded: {steps['real_tokens_per_s_ratio_packed_over_padded']:.2f}x real tokens/s; "
+              f"length-grouped / padded: {steps['real_tokens_per_s_ratio_grouped_over_padded']:.2f}x")
     busy = max(load_before, load_after) - 1.0
     if busy > 0.5 * (os.cpu_count() or 1):
         print(f"  note: 1-min load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} cores: other "

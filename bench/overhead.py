@@ -1,12 +1,13 @@
-"""What rlmed costs over the libraries it wraps: `python -m bench.overhead` (about 6 minutes on 2 CPU cores).
+"""What rlmed costs over the libraries it wraps: `python -m bench.overhead` (about 15 minutes on 2 CPU cores).
 
 The same tiny-model training runs twice per task, once as an rlmed recipe stage (`python -m rlmed.cli run
 recipe.yaml`, what a user runs) and once as a plain trl script written the way trl's documentation shows
 (`python -m bench.overhead --child trl ...`: load the model and tokenizer, a `datasets` dataset from the same jsonl,
 trl's trainer, `train()`, `save_model()`). Tasks: SFT (trl's SFTTrainer), DPO (DPOTrainer) and reward-model
 training (RewardTrainer), all with identical settings: the tiny.yaml model shape, batch 8, max_length 256,
-`--steps` optimizer steps, logging every step, no checkpoints, no evaluation, no packing, float32 on CPU (bf16 on
-CUDA), seed 42, and the same rows (doctor dialogues from data/sample; DPO/RM pairs: the doctor's reply chosen,
+`--steps` optimizer steps, logging every step, no checkpoints, no evaluation, no packing, a plain random batch
+order (rlmed's sft default of length-grouped batches is a speed-up of its own, measured by bench.data), float32 on
+CPU (bf16 on CUDA), seed 42, and the same rows (doctor dialogues from data/sample; DPO/RM pairs: the doctor's reply chosen,
 another prompt's reply rejected).
 
 What differs is what each side does with the rows, which is the overhead being measured: rlmed validates the
@@ -20,7 +21,9 @@ runs on a warmer page cache), each in a fresh process launched the same way, so 
 - start-up: from just before the process is launched to the start of its first optimizer step (a trainer
   callback, `StepClock`, notes the times; both sides run the same one: rlmed through the recipe's
   `callbacks:` block). It covers interpreter start, imports, reading and tokenising the data, loading the model.
-- steps/s: (steps - 2 warm-up steps) / the wall time between the end of step 2 and the end of the last step.
+- steps/s: 1 / the median step time after 2 warm-up steps (a step: from the end of the previous one to its own
+  end, so data loading and logging count). The median, because on a small shared machine single steps of the
+  same batch vary by ±40% (other load, page cache); the mean over the window is recorded too (mean_steps_per_s).
 - peak RSS: the child's whole-life peak resident set (os.wait4's ru_maxrss), model saving included.
 
 Each figure's ratio is rlmed / trl of the medians over pairs (targets: steps/s ≥ 0.95×, peak RSS ≤ 1.05×,
@@ -52,6 +55,7 @@ STAGE_KIND = {"sft": "sft", "dpo": "dpo", "rm": "reward_model"}
 # What the trl config class is per task, and the learning rate both sides use (the stages' own defaults).
 TRL_CONFIG = {"sft": "SFTConfig", "dpo": "DPOConfig", "rm": "RewardConfig"}
 LEARNING_RATE = {"sft": 2e-5, "dpo": 5e-7, "rm": 1e-5}
+SEED = 42
 
 
 class StepClock:
@@ -74,15 +78,26 @@ class StepClock:
                 self.ends.append(time.time())
 
             def on_train_end(self, args, state, control, **kwargs):
-                Path(path).write_text(json.dumps({"first_step_begin": self.first_begin, "step_ends": self.ends}))
+                import resource
+
+                Path(path).write_text(json.dumps({
+                    "first_step_begin": self.first_begin, "step_ends": self.ends,
+                    "train_end_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
         return _Clock()
 
 
 # --- the shared inputs -----------------------------------------------------------------------------------------
 def write_inputs(work: Path) -> dict[str, Path]:
-    """The tiny model folder, SFT dialogues and preference pairs, written once and read by every run."""
+    """The tiny model folder, and SFT dialogues and preference pairs for each side, written once.
+
+    rlmed reads its files through its mixing step, which shuffles the rows (seeded); the trl side gets the rows
+    in that same order, so both datasets are identical and the Trainer's seeded sampler forms the same batches on
+    both sides (otherwise batches of different lengths, and so different padding, would make up the difference).
+    """
     from bench.mole import build_model_dir
+    from rlmed.data.sources import dialogue, load_sources, pair
+    from rlmed.stages.base import DataSource
 
     rows = [json.loads(line) for line in (SAMPLE / "doctor_dialogues.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()]
@@ -92,17 +107,32 @@ def write_inputs(work: Path) -> dict[str, Path]:
     pairs = [{"prompt": r["messages"], "chosen": [{"role": "assistant", "content": r["reference"]}],
               "rejected": [{"role": "assistant", "content": other["reference"]}]}
              for r, other in zip(rows, shuffled) if other["reference"] != r["reference"]]
-    paths = {"model": build_model_dir("tiny", work / "model"), "sft": work / "sft.jsonl", "pairs": work / "pairs.jsonl"}
+    paths = {"model": build_model_dir("tiny", work / "model")}
     for name, items in (("sft", dialogues), ("pairs", pairs)):
-        paths[name].write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
+        paths[name] = write_jsonl(work / f"{name}.jsonl", items)
+    in_rlmed_order = {
+        "sft": [{"messages": d} for d in load_sources([DataSource(str(paths["sft"]))], dialogue, seed=SEED).items],
+        "pairs": [{"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
+                   "rejected": [{"role": "assistant", "content": p.rejected}]}
+                  for p in load_sources([DataSource(str(paths["pairs"]))], pair, seed=SEED).items],
+    }
+    for name, items in in_rlmed_order.items():
+        paths[f"trl_{name}"] = write_jsonl(work / f"trl_{name}.jsonl", items)
     return paths
+
+
+def write_jsonl(path: Path, items: list) -> Path:
+    path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
+    return path
 
 
 def settings(task: str, steps: int, batch: int, max_length: int) -> dict:
     """The trainer fields both sides set, identically."""
     fields = {"max_steps": steps, "per_device_train_batch_size": batch, "learning_rate": LEARNING_RATE[task],
-              "logging_steps": 1, "save_strategy": "no", "eval_strategy": "no", "report_to": "none", "seed": 42,
-              "dataloader_num_workers": 0, "max_length": max_length}
+              "logging_steps": 1, "save_strategy": "no", "eval_strategy": "no", "report_to": "none", "seed": SEED,
+              "dataloader_num_workers": 0, "max_length": max_length,
+              # rlmed's sft groups batches by length by default; the same (plain random) batches on both sides here.
+              "train_sampling_strategy": "random"}
     if task == "sft":
         fields.update(packing=False, padding_free=False)
     return fields
@@ -131,7 +161,7 @@ def rlmed_command(task: str, paths: dict[str, Path], run_dir: Path, clock: Path,
 
 
 def trl_command(task: str, paths: dict[str, Path], run_dir: Path, clock: Path, fields: dict) -> list[str]:
-    spec = {"task": task, "model": str(paths["model"]), "data": str(paths["sft" if task == "sft" else "pairs"]),
+    spec = {"task": task, "model": str(paths["model"]), "data": str(paths["trl_sft" if task == "sft" else "trl_pairs"]),
             "out": str(run_dir), "clock": str(clock), "fields": fields}
     spec_path = run_dir.with_suffix(".json")
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
@@ -189,9 +219,13 @@ def run_one(command: list[str], clock: Path, log: Path) -> dict:
     ends = times["step_ends"]
     if len(ends) <= WARMUP_STEPS + 1:
         raise RuntimeError(f"only {len(ends)} steps ran; give --steps above {WARMUP_STEPS + 1}")
+    # Step k's time is end(k) - end(k-1) (the data loading between steps counts, as it does for a user).
+    durations = [b - a for a, b in zip(ends[WARMUP_STEPS - 1:], ends[WARMUP_STEPS:])]
     return {"startup_s": times["first_step_begin"] - launched,
-            "steps_per_s": (len(ends) - WARMUP_STEPS) / (ends[-1] - ends[WARMUP_STEPS - 1]),
-            "peak_rss_mib": usage.ru_maxrss / 1024, "steps": len(ends), "wall_s": time.time() - launched}
+            "steps_per_s": 1.0 / statistics.median(durations),
+            "mean_steps_per_s": len(durations) / (ends[-1] - ends[WARMUP_STEPS - 1]),
+            "peak_rss_mib": usage.ru_maxrss / 1024, "train_peak_rss_mib": times["train_end_rss_mib"],
+            "steps": len(ends), "wall_s": time.time() - launched}
 
 
 def ratio_summary(runs: dict[str, list[dict]]) -> dict:
@@ -210,7 +244,7 @@ def ratio_summary(runs: dict[str, list[dict]]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=5, help="alternated rlmed/trl pairs per task (default 5)")
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run (default 40)")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run (default 30)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of sft,dpo,rm")

@@ -115,14 +115,17 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from transformers import set_seed
 
     set_seed(ctx.seed)  # a value head started from the policy is initialised randomly: by the seed, not by chance
-    policy, parameters = training.with_lora(load_causal_lm(inputs["model"], dtype=args.dtype), args.lora)
+    attention = args.attn_implementation
+    policy = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=attention)
+    policy, parameters = training.with_lora(policy, args.lora)
     value_from = inputs.get("value_model") or inputs["model"]
     value_model, _ = training.with_lora(
         load_scalar_head_model(value_from, dtype=args.dtype, pad_token_id=tokenizer.pad_token_id), args.lora,
         task_type="SEQ_CLS")
     reference = None
     if args.lora is None:  # with LoRA the reference is the policy with its adapter disabled: no second copy
-        reference = load_causal_lm(inputs["model"], dtype=args.dtype).requires_grad_(False)
+        reference = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=attention)
+        reference.requires_grad_(False)
 
     trainer = PPOTrainer(policy=policy, value_model=value_model, ref_model=reference, settings=args,
                          prompts=prompts, reward_source=source, tokenizer=tokenizer, args=config,

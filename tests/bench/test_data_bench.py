@@ -34,8 +34,9 @@ def test_dialogues_are_seeded_and_varied():
 
 def test_small_run_writes_both_paths_figures(tmp_path, tiny_model):
     out = tmp_path / "data.json"
-    main(["--n", "24", "--repeats", "1", "--steps", "1", "--max-length", "256", "--model-dir", str(tiny_model),
-          "--out", str(out)])
+    # 32 rows in batches of 2: transformers' sampler groups mega-batches of min(32 // (2·4), 50) = 4 batches.
+    main(["--n", "32", "--batch-size", "2", "--repeats", "1", "--steps", "1", "--max-length", "256",
+          "--mean-chars", "120", "--model-dir", str(tiny_model), "--out", str(out)])
     result = json.loads(out.read_text(encoding="utf-8"))
     assert result["median_rows_per_s"]["rlmed"] > 0 and result["median_rows_per_s"]["trl"] > 0
     assert result["rows_per_s_ratio_rlmed_over_trl"] > 0 and result["same_input_ids"] is True
@@ -46,3 +47,8 @@ def test_small_run_writes_both_paths_figures(tmp_path, tiny_model):
     assert result["padding"]["trl_packed_padding_free"]["trained_token_fraction"] == 1.0  # trl: every token
     assert 0.0 < result["padding"]["rlmed_packed_padding_free"]["trained_token_fraction"] < 1.0  # rlmed: assistant
     assert result["training_steps"]["packed_padding_free"]["real_tokens_per_s"] > 0
+    # Length-grouped batches (train_sampling_strategy: group_by_length) hold rows of similar lengths: less padding.
+    grouped = result["padding"]["rlmed_unpacked_length_grouped"]
+    assert grouped["rows"] == result["padding"]["rlmed_unpacked_padded"]["rows"]
+    assert grouped["padding_fraction"] < result["padding"]["rlmed_unpacked_padded"]["padding_fraction"]
+    assert result["training_steps"]["unpacked_length_grouped"]["real_tokens_per_s"] > 0

@@ -11,6 +11,29 @@ from tests.conftest import write_jsonl
 from tests.stages.conftest import FAST_STEPS, LOSS_FRACTION, losses, manifest, run_recipe, sample
 
 
+class SamplerProbe:
+    """A trainer callback (a recipe `callbacks:` component) that writes the names of the samplers the training
+    dataloader draws its rows with, whatever wrappers accelerate put around them."""
+
+    def __new__(cls, path: str):
+        from transformers import TrainerCallback
+
+        class Probe(TrainerCallback):
+            def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+                found, seen = [], set()
+                todo = [train_dataloader]
+                while todo:
+                    obj = todo.pop()
+                    if obj is None or id(obj) in seen:
+                        continue
+                    seen.add(id(obj))
+                    found.append(type(obj).__name__)
+                    todo += [getattr(obj, name, None) for name in ("sampler", "batch_sampler", "base_dataloader")]
+                with open(path, "w", encoding="utf-8") as handle:
+                    json.dump({"strategy": str(args.train_sampling_strategy), "samplers": found}, handle)
+
+        return Probe()
+
 
 def test_sft_loss_falls_and_model_is_saved(tmp_path, tiny_model, fast_trainer):
     stages = [{
@@ -32,7 +55,8 @@ def test_two_chained_sft_stages_disc_medllm_style(tmp_path, tiny_model):
     """Stage 1 on broad data, stage 2 ('behaviour fine-tuning') on a small set with a lower lr, from stage 1."""
     stages = [
         {"id": "sft1", "kind": "sft", "inputs": {"model": str(tiny_model), "data": sample("dialogues.jsonl")},
-         "trainer": {"max_steps": 6, "learning_rate": 1e-3, "per_device_train_batch_size": 8}},
+         "trainer": {"max_steps": 6, "learning_rate": 1e-3, "per_device_train_batch_size": 8},
+         "callbacks": [{"_component_": "tests.stages.test_sft.SamplerProbe", "path": str(tmp_path / "probe.json")}]},
         {"id": "sft2", "kind": "sft", "inputs": {"model": "$sft1.model", "data": sample("sharegpt.jsonl")},
          "args": {"num_samples": 40, "validation_fraction": 0},
          "trainer": {"max_steps": 4, "learning_rate": 5e-4, "per_device_train_batch_size": 4}},
@@ -44,6 +68,9 @@ def test_two_chained_sft_stages_disc_medllm_style(tmp_path, tiny_model):
     a = AutoModelForCausalLM.from_pretrained(first["outputs"]["model"]).state_dict()
     b = AutoModelForCausalLM.from_pretrained(second["outputs"]["model"]).state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)  # stage 2 trained on top of stage 1
+    # By default batches are drawn grouped by length (2% padding instead of 43%: bench.data).
+    probe = json.loads((tmp_path / "probe.json").read_text(encoding="utf-8"))
+    assert probe["strategy"] == "group_by_length" and "LengthGroupedSampler" in probe["samplers"], probe
 
 
 def test_chat_template_from_recipe_is_used_and_saved(tmp_path, tiny_model):
