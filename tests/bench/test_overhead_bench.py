@@ -37,5 +37,6 @@ def test_both_sides_train_and_are_timed(tmp_path):
         (figures,) = runs[side]
         assert figures["steps"] == 4  # every optimizer step was seen by the clock callback
         assert figures["steps_per_s"] > 0 and figures["peak_rss_mib"] > 100
+        assert 0 < figures["train_peak_rss_mib"] <= figures["peak_rss_mib"]
         assert 0 < figures["startup_s"] < figures["wall_s"]
     assert set(result["tasks"]["sft"]["summary"]) == {"steps_per_s", "peak_rss_mib", "startup_s"}
