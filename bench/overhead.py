@@ -6,8 +6,8 @@ recipe.yaml`, what a user runs) and once as a plain trl script written the way t
 trl's trainer, `train()`, `save_model()`). Tasks: SFT (trl's SFTTrainer), DPO (DPOTrainer) and reward-model
 training (RewardTrainer), all with identical settings: the tiny.yaml model shape, batch 8, max_length 256,
 `--steps` optimizer steps, logging every step, no checkpoints, no evaluation, no packing, a plain random batch
-order (rlmed's sft default of length-grouped batches is a speed-up of its own, measured by bench.data), float32 on
-CPU (bf16 on CUDA), seed 42, and the same rows (doctor dialogues from data/sample; DPO/RM pairs: the doctor's reply chosen,
+order (set on both sides; length-grouped batches are a speed-up of their own, measured by bench.data), float32
+on CPU (bf16 on CUDA), seed 42, and the same rows (doctor dialogues from data/sample; DPO/RM pairs: the doctor's reply chosen,
 another prompt's reply rejected).
 
 What differs is what each side does with the rows, which is the overhead being measured: rlmed validates the
@@ -131,7 +131,7 @@ def settings(task: str, steps: int, batch: int, max_length: int) -> dict:
     fields = {"max_steps": steps, "per_device_train_batch_size": batch, "learning_rate": LEARNING_RATE[task],
               "logging_steps": 1, "save_strategy": "no", "eval_strategy": "no", "report_to": "none", "seed": SEED,
               "dataloader_num_workers": 0, "max_length": max_length,
-              # rlmed's sft groups batches by length by default; the same (plain random) batches on both sides here.
+              # The same (plain random) batch order on both sides, whatever either library's default.
               "train_sampling_strategy": "random"}
     if task == "sft":
         fields.update(packing=False, padding_free=False)

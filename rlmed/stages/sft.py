@@ -6,10 +6,13 @@ given in `args.chat_template`, and tokenised here in batches with a mask of the 
 the loss falls on assistant tokens only, end-of-turn included; truncation (`trainer.max_length`) and optional
 packing (`trainer.packing`) are trl's. Chain two `sft` stages for DISC-MedLLM's two-stage SFT.
 
-Batches are drawn grouped by length by default (`trainer.train_sampling_strategy: group_by_length`, transformers'
-length-grouped sampler: random mega-batches of 50 batches, each sorted by length): on gamma-distributed dialogue
-lengths that leaves 2% of a batch as padding instead of 43% with a plain random order, and the tiny model trains
-1.6x more tokens per second (`python -m bench.data`); `train_sampling_strategy: random` restores the plain order.
+Batches are drawn in a plain random order by default, as in transformers. `trainer.train_sampling_strategy:
+group_by_length` draws batches of similar lengths instead (transformers' length-grouped sampler: random
+mega-batches of up to 50 batches, each sorted by length): on gamma-distributed dialogue lengths that leaves 2% of
+a batch as padding instead of 43%, and the tiny model trains 1.6x more tokens per second (`python -m bench.data`).
+It is not the default because it has costs people watching a run notice: the per-step loss then follows the
+batches' lengths (a saw-tooth; judge progress by eval_loss), and the batches depend on the per-device batch size,
+so 2 ranks x 4 rows no longer see the same global batches as 1 rank x 8.
 
 Packing is off by default. `trainer.packing: true` packs the dialogues into rows of up to `max_length` tokens
 (trl's `packing_strategy: bfd`) and trains on padding-free batches: a batch's rows are flattened into one
@@ -121,9 +124,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
 
     config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=eval_set is not None,
                                      per_device_train_batch_size=8, learning_rate=2e-5, num_train_epochs=1,
-                                     max_length=1024,
-                                     # Batches of similar lengths: 2% padding instead of 43% (bench.data).
-                                     train_sampling_strategy="group_by_length")
+                                     max_length=1024)
     # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
     model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
     model, parameters = training.with_lora(model, args.lora)

@@ -55,7 +55,8 @@ def test_two_chained_sft_stages_disc_medllm_style(tmp_path, tiny_model):
     """Stage 1 on broad data, stage 2 ('behaviour fine-tuning') on a small set with a lower lr, from stage 1."""
     stages = [
         {"id": "sft1", "kind": "sft", "inputs": {"model": str(tiny_model), "data": sample("dialogues.jsonl")},
-         "trainer": {"max_steps": 6, "learning_rate": 1e-3, "per_device_train_batch_size": 8},
+         "trainer": {"max_steps": 6, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
+                     "train_sampling_strategy": "group_by_length"},
          "callbacks": [{"_component_": "tests.stages.test_sft.SamplerProbe", "path": str(tmp_path / "probe.json")}]},
         {"id": "sft2", "kind": "sft", "inputs": {"model": "$sft1.model", "data": sample("sharegpt.jsonl")},
          "args": {"num_samples": 40, "validation_fraction": 0},
@@ -68,7 +69,7 @@ def test_two_chained_sft_stages_disc_medllm_style(tmp_path, tiny_model):
     a = AutoModelForCausalLM.from_pretrained(first["outputs"]["model"]).state_dict()
     b = AutoModelForCausalLM.from_pretrained(second["outputs"]["model"]).state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)  # stage 2 trained on top of stage 1
-    # By default batches are drawn grouped by length (2% padding instead of 43%: bench.data).
+    # The length-grouping switch (2% padding instead of 43%: bench.data) reaches the sampler trl's trainer uses.
     probe = json.loads((tmp_path / "probe.json").read_text(encoding="utf-8"))
     assert probe["strategy"] == "group_by_length" and "LengthGroupedSampler" in probe["samplers"], probe
 
