@@ -24,7 +24,11 @@ runs on a warmer page cache), each in a fresh process launched the same way, so 
 - steps/s: 1 / the median step time after 2 warm-up steps (a step: from the end of the previous one to its own
   end, so data loading and logging count). The median, because on a small shared machine single steps of the
   same batch vary by ±40% (other load, page cache); the mean over the window is recorded too (mean_steps_per_s).
-- peak RSS: the child's whole-life peak resident set (os.wait4's ru_maxrss), model saving included.
+- peak RSS: the child's whole-life peak resident set (os.wait4's ru_maxrss), model saving included, and the
+  peak at the end of training. Both children run with glibc's mmap threshold fixed at 1 MiB
+  (MALLOC_MMAP_THRESHOLD_): with glibc's default, which raises the threshold as large blocks are freed at a
+  moment that depends on thread timing, runs of the same plain trl script peaked anywhere from 964 to 1181 MiB;
+  with it fixed, within 861-885 MiB. `--glibc-default-malloc` measures with the default.
 
 Each figure's ratio is rlmed / trl of the medians over pairs (targets: steps/s ≥ 0.95×, peak RSS ≤ 1.05×,
 start-up ≤ 1.2×), and the median of per-pair ratios as a cross-check less sensitive to drifting machine load.
@@ -204,9 +208,16 @@ def trl_child(spec_path: Path) -> None:
 
 
 # --- the parent ------------------------------------------------------------------------------------------------
-def run_one(command: list[str], clock: Path, log: Path) -> dict:
+# glibc moves its mmap threshold up as large blocks are freed, at a moment that depends on thread timing; runs
+# of the same script then peak ~150-250 MiB apart. A fixed threshold (1 MiB) takes that noise out of the RSS
+# figure on both sides alike (--glibc-default-malloc leaves glibc's default).
+FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
+def run_one(command: list[str], clock: Path, log: Path, malloc_env: dict | None = None) -> dict:
     """Launch one child, wait for it; its start-up time, steps/s and whole-life peak RSS."""
-    env = dict(os.environ, WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               **(FIXED_MMAP_THRESHOLD if malloc_env is None else malloc_env))
     launched = time.time()
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -248,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of sft,dpo,rm")
+    parser.add_argument("--glibc-default-malloc", action="store_true",
+                        help="leave glibc's dynamic mmap threshold on (the RSS figure then varies by ~20%% per run)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -265,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                      "settings": {"pairs": args.pairs, "steps": args.steps, "batch": args.batch,
                                   "max_length": args.max_length, "warmup_steps": WARMUP_STEPS},
                      "load_before": os.getloadavg()[0], "tasks": {}}
+    malloc_env = {} if args.glibc_default_malloc else FIXED_MMAP_THRESHOLD
+    results["settings"]["malloc_env"] = malloc_env
     with tempfile.TemporaryDirectory(prefix="rlmed-overhead-") as tmp:
         work = Path(tmp)
         paths = write_inputs(work)
@@ -278,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                     clock = work / f"{task}-{side}-{pair}.clock.json"
                     build = rlmed_command if side == "rlmed" else trl_command
                     figures = run_one(build(task, paths, run_dir, clock, fields), clock,
-                                      work / f"{task}-{side}-{pair}.log")
+                                      work / f"{task}-{side}-{pair}.log", malloc_env=malloc_env)
                     runs[side].append(figures)
                     print(f"{task} pair {pair + 1}/{args.pairs} {side:5s}: start-up {figures['startup_s']:.2f} s, "
                           f"{figures['steps_per_s']:.2f} steps/s, peak RSS {figures['peak_rss_mib']:.0f} MiB",
