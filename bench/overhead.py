@@ -100,11 +100,11 @@ def write_inputs(work: Path) -> dict[str, Path]:
     both sides (otherwise batches of different lengths, and so different padding, would make up the difference).
     """
     from bench.mole import build_model_dir
+    from rlmed.artifacts import atomic_write_jsonl, read_jsonl
     from rlmed.data.sources import dialogue, load_sources, pair
     from rlmed.stages.base import DataSource
 
-    rows = [json.loads(line) for line in (SAMPLE / "doctor_dialogues.jsonl").read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    rows = read_jsonl(SAMPLE / "doctor_dialogues.jsonl")
     dialogues = [{"messages": r["messages"] + [{"role": "assistant", "content": r["reference"]}]} for r in rows]
     shuffled = list(rows)
     random.Random(0).shuffle(shuffled)
@@ -113,7 +113,8 @@ def write_inputs(work: Path) -> dict[str, Path]:
              for r, other in zip(rows, shuffled) if other["reference"] != r["reference"]]
     paths = {"model": build_model_dir("tiny", work / "model")}
     for name, items in (("sft", dialogues), ("pairs", pairs)):
-        paths[name] = write_jsonl(work / f"{name}.jsonl", items)
+        paths[name] = work / f"{name}.jsonl"
+        atomic_write_jsonl(paths[name], items)
     in_rlmed_order = {
         "sft": [{"messages": d} for d in load_sources([DataSource(str(paths["sft"]))], dialogue, seed=SEED).items],
         "pairs": [{"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
@@ -121,13 +122,9 @@ def write_inputs(work: Path) -> dict[str, Path]:
                   for p in load_sources([DataSource(str(paths["pairs"]))], pair, seed=SEED).items],
     }
     for name, items in in_rlmed_order.items():
-        paths[f"trl_{name}"] = write_jsonl(work / f"trl_{name}.jsonl", items)
+        paths[f"trl_{name}"] = work / f"trl_{name}.jsonl"
+        atomic_write_jsonl(paths[f"trl_{name}"], items)
     return paths
-
-
-def write_jsonl(path: Path, items: list) -> Path:
-    path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
-    return path
 
 
 def settings(task: str, steps: int, batch: int, max_length: int) -> dict:

@@ -249,8 +249,6 @@ def _parse_args(raw: Any, spec: StageSpec, where: str, defaults: dict, used_defa
             continue
         values[key] = value
     for key, value in list(values.items()):
-        if key in AUTO_TRAINER_FIELDS and value == "auto":
-            continue
         try:
             values[key] = coerce(value, types[key])
         except ConfigTypeError as exc:

@@ -84,14 +84,12 @@ class Runner:
         for name, value in stage.inputs.items():
             if isinstance(value, list):
                 resolved[name] = [self._resolve_item(item) for item in value]
-            elif isinstance(value, Ref):
-                resolved[name] = self._ref_path(value)
             else:
-                resolved[name] = value
+                resolved[name] = self._resolve_item(value)
         return resolved
 
     def _resolve_item(self, item: Any) -> Any:
-        """One item of a list input: a data source (its path resolved), or a model folder / reference."""
+        """One input value: a data source (its path resolved), a reference (its path), or a folder / Hub id."""
         if isinstance(item, Ref):
             return self._ref_path(item)
         if isinstance(item, DataSource) and isinstance(item.path, Ref):

@@ -49,11 +49,12 @@ def _short(values: list[int]) -> str:
     return str(values) if len(values) <= 12 else f"{values[:12]}"[:-1] + f", ... ({len(values)} in all)]"
 
 
-def recompute_results(stage_dir: Path) -> dict[str, Any]:
-    """results.json of one evaluate stage with `metrics` recomputed from generations/ (nothing written);
-    ReportError naming the file (and line) at fault."""
+def recompute_results(stage_dir: Path, results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """results.json of one evaluate stage (`results`: it as already read) with `metrics` recomputed from
+    generations/ (nothing written); ReportError naming the file (and line) at fault."""
     stage_dir = Path(stage_dir)
-    results = load_results(stage_dir / RESULTS)
+    if results is None:
+        results = load_results(stage_dir / RESULTS)
     models = list(results["models"]) or model_names(results)
     metrics: dict[str, dict[str, float]] = {}
     for model in models:
@@ -83,11 +84,12 @@ def recompute_run(run_dir: Path) -> list[Path]:
     """Recompute every evaluate stage of run_dir, then write each results.json and re-render its report;
     returns the paths written (results.json, report.md and plots, per stage)."""
     run_dir = Path(run_dir)
-    updated = {stage_id: recompute_results(run_dir / stage_id) for stage_id in evaluate_stages(run_dir)}
+    stored = {stage_id: load_results(run_dir / stage_id / RESULTS) for stage_id in evaluate_stages(run_dir)}
+    updated = {stage_id: recompute_results(run_dir / stage_id, results) for stage_id, results in stored.items()}
     written: list[Path] = []
     for stage_id, results in updated.items():
         path = run_dir / stage_id / RESULTS
-        before = load_results(path)["metrics"]
+        before = stored[stage_id]["metrics"]
         atomic_write_json(path, results)
         logger.info("%s: metrics recomputed from %s/ (%d values changed)", path, GENERATIONS,
                     _changed(before, results["metrics"]))

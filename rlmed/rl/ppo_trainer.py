@@ -84,7 +84,7 @@ class PolicyAndValue(nn.Module):
         kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
         for model in (self.policy, self.value_model):
             _bare(model).activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
-                                                 every_n_layers=every_n_layers, offload=offload)
+                                                         every_n_layers=every_n_layers, offload=offload)
             if hasattr(model, "peft_config"):
                 model.enable_input_require_grads()
 

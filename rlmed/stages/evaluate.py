@@ -256,12 +256,14 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
             pairs = [PairRow(r.messages, answers[name][s][i], answers[baseline][s][i], r.reference, id=f"{s}:{i}")
                      for s in generation_sets for i, r in enumerate(sets[s][1])]
             results["pairwise"][name] = compare_models_sync(judge, pairs, model=name, baseline=baseline).summary()
-    matches = []
-    for s, (_, rows) in sets.items():
-        for m in find_contamination([r.text for r in rows], training_texts(ctx.run_dir, ctx.stage_id),
-                                    threshold=args.contamination_threshold):
-            matches.append({"eval_set": s, "row": m.eval_index, "kind": m.kind, "source": m.source,
-                            "similarity": m.similarity})
+    # Every set's rows against one pass over the other stages' data (a row's best match does not depend on the
+    # other eval rows, so this equals one pass per set, without re-reading the training files per set).
+    located = [(s, i, row.text) for s, (_, rows) in sets.items() for i, row in enumerate(rows)]
+    matches = [{"eval_set": located[m.eval_index][0], "row": located[m.eval_index][1], "kind": m.kind,
+                "source": m.source, "similarity": m.similarity}
+               for m in find_contamination([text for *_, text in located],
+                                           training_texts(ctx.run_dir, ctx.stage_id),
+                                           threshold=args.contamination_threshold)]
     results["contamination"] = matches
     atomic_write_json(ctx.stage_dir / "results.json", results)
     render_report(ctx.run_dir, ctx.stage_id)
