@@ -43,23 +43,45 @@ def whole_weights() -> Iterator[None]:
             hf_deepspeed.set_hf_deepspeed_config(active)
 
 
-def _load_scalar_model(path: str, dtype: Any) -> Any:
-    """A full reward model folder, or a LoRA adapter folder (its recorded base with the adapter merged in)."""
+def _load_scalar_model(path: str, dtype: Any, chain: tuple[str, ...] = ()) -> Any:
+    """A full reward model folder, or a LoRA adapter folder: its recorded base (a full model, or another adapter
+    folder loaded the same way: rlmed records a chain of LoRA stages so) with the adapter merged in.
+
+    `chain`: the adapter folders above `path`, outermost first. A MoLE model is refused: its routed experts depend
+    on each token, so no merged backbone carries them, and peft alone would load it as plain LoRA without them.
+    """
     import json
     from pathlib import Path
 
     from transformers import AutoModelForSequenceClassification
 
-    adapter_config = Path(path) / "adapter_config.json"
+    folder = Path(path)
+    if (folder / "mole_config.json").is_file() or (folder / "experts" / "mole_config.json").is_file():
+        via = f" (the base of {' -> '.join(chain)})" if chain else ""
+        raise ValueError(f"'{path}'{via} is a MoLE model (mole_config.json); a scalar-head reward model on it would "
+                         "lose its routed experts, which cannot be merged into the weights. Train the reward model "
+                         "from the model the MoLE stage started from, or from any full or LoRA model folder")
+    adapter_config = folder / "adapter_config.json"
     if not adapter_config.is_file():
-        return AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
-    from peft import PeftModel
+        # The base of an adapter may be a causal LM: its new head must have one output, as the adapter's has.
+        extra = {"num_labels": 1} if chain else {}
+        return AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **extra)
+    from peft import PeftConfig, PeftModel
 
     base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{adapter_config} records no base_model_name_or_path")
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
-    return PeftModel.from_pretrained(model, path).merge_and_unload()
+    visited = (*chain, path)
+    if any(base == seen or (Path(base).exists() and Path(base).resolve() == Path(seen).resolve())
+           for seen in visited):
+        raise ValueError(f"the adapter chain loops: {' -> '.join(visited)} -> {base}")
+    model = _load_scalar_model(base, dtype, visited)
+    config = PeftConfig.from_pretrained(path)
+    if config.task_type == "CAUSAL_LM":
+        # A causal LM's adapter in the chain (the reward model was trained on a LoRA stage's output): it adapts the
+        # backbone only, and peft's causal-LM wrapper would want generation methods a scalar-head model lacks.
+        config.task_type = None
+    return PeftModel.from_pretrained(model, path, config=config).merge_and_unload()
 
 
 class RewardModelLoadError(RuntimeError):

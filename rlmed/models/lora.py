@@ -4,6 +4,11 @@ A LoRA stage's `model` artifact is a peft adapter folder: adapter weights, `adap
 base model it was trained on, and the tokenizer. `rlmed.models.loading.load_causal_lm` sees the adapter config,
 loads the base, applies the adapter and merges it, so every later stage takes either kind of folder.
 `merge: true` also writes the merged full model (the `merged` output), for serving or sharing.
+
+Chains: a model merged from an adapter folder is named after that folder (`apply_adapter`), so an adapter
+trained on it records the folder, not the folder's own base, as `base_model_name_or_path`; loading recurses down
+the chain and reproduces every upstream stage's training. Plain peft cannot follow such a chain (it expects a
+full model there); the `merged` output is the standalone form for tools outside rlmed.
 """
 
 from __future__ import annotations
@@ -83,10 +88,23 @@ def adapter_base(path: str | Path) -> str | None:
 
 
 def apply_adapter(base_model: Any, adapter_dir: str | Path) -> Any:
-    """`base_model` with the adapter in `adapter_dir` merged into its weights: a plain transformers model."""
-    from peft import PeftModel
+    """`base_model` with the adapter in `adapter_dir` merged into its weights: a plain transformers model, named
+    after `adapter_dir` (see the module docstring: chains)."""
+    from peft import PeftConfig, PeftModel
 
-    return PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    if config.task_type == "CAUSAL_LM" and not hasattr(base_model, "prepare_inputs_for_generation"):
+        # A causal LM's adapter under a scalar head (a reward or value model started from a LoRA stage's output):
+        # it adapts the shared backbone only, but peft's causal-LM wrapper wants generation methods the head
+        # model lacks. Without a task type peft wraps the same modules under the same weight names.
+        config.task_type = None
+    model = PeftModel.from_pretrained(base_model, str(adapter_dir), config=config).merge_and_unload()
+    # peft records `model.name_or_path` as the base of any adapter trained next; left at the base's name, a
+    # reload of that adapter would start from the base without this adapter's training.
+    name = str(Path(adapter_dir).absolute())  # absolute: the record must not depend on the working directory
+    model.name_or_path = name
+    model.config.name_or_path = name
+    return model
 
 
 def save_merged(adapter_dir: Path, out_dir: Path, tokenizer: Any, scalar_head: bool = False) -> None:

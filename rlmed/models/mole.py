@@ -557,9 +557,11 @@ def _load_base(base: Any, config: Any) -> Any:
         if not base:
             raise MoleLoadError("adapter_config.json records no base model; pass one")
     if isinstance(base, (str, Path)):
-        from transformers import AutoModelForCausalLM
+        # Through rlmed's loader: a MoLE stage trained on a LoRA stage's output records that adapter folder (or
+        # chain of them) as its base, which plain from_pretrained would load without the LoRA training.
+        from rlmed.models.loading import load_causal_lm
 
-        return AutoModelForCausalLM.from_pretrained(str(base))
+        return load_causal_lm(str(base))
     return base
 
 
@@ -689,5 +691,8 @@ def export(adapter_dir: str | Path, out_dir: str | Path, *, base: Any = None) ->
 
 def load_exported(out_dir: str | Path, *, is_trainable: bool = False) -> Any:
     """The model of an `export` folder: its merged base with the experts adapter."""
+    from transformers import AutoModelForCausalLM
+
     out = Path(out_dir)
-    return load(out, out / EXPERTS_SUBDIR, is_trainable=is_trainable)
+    # The root is a full model by construction; rlmed's loader would see the export in it and load the experts.
+    return load(AutoModelForCausalLM.from_pretrained(str(out)), out / EXPERTS_SUBDIR, is_trainable=is_trainable)

@@ -57,13 +57,11 @@ def held_out_metrics(model_dir: str, pairs: list[Any]) -> dict[str, float]:
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification
     from trl import RewardTrainer
 
     from rlmed import dist, training
     from rlmed.data.sources import bad_row_metrics, load_sources, pair
-    from rlmed.models.loading import load_tokenizer, resolve_attention
-    from rlmed.models.lora import adapter_base, apply_adapter
+    from rlmed.models.loading import load_scalar_head_model, load_tokenizer
 
     loaded = load_sources(inputs["pairs"], pair, seed=ctx.seed, total=args.num_samples)
     n_eval = int(len(loaded.items) * args.validation_fraction)
@@ -76,13 +74,10 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
 
     config = training.trainer_config(ctx, "trl.RewardConfig", has_eval=bool(eval_pairs),
                                      per_device_train_batch_size=8, learning_rate=1e-5, num_train_epochs=1)
-    base = adapter_base(inputs["model"]) or inputs["model"]
-    attention = resolve_attention(args.attn_implementation)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=1, **({"attn_implementation": attention} if attention else {}))
-    if base != inputs["model"]:  # a LoRA model input: its adapter applies to the same backbone
-        model = apply_adapter(model, inputs["model"])
-    model.config.pad_token_id = tokenizer.pad_token_id
+    # The shared loader: a LoRA input (or chain) merges into the backbone and names the model after its folder, so
+    # a LoRA reward model records a base that reloads with that training; a MoLE input is refused clearly.
+    model = load_scalar_head_model(inputs["model"], dtype=args.dtype, pad_token_id=tokenizer.pad_token_id,
+                                   attn_implementation=args.attn_implementation)
     model, parameters = training.with_lora(model, args.lora, task_type="SEQ_CLS")  # SEQ_CLS: the head trains too
     trainer = RewardTrainer(model=model, args=config, train_dataset=tokenized(train_pairs),
                             eval_dataset=tokenized(eval_pairs) if eval_pairs else None,
