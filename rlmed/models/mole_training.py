@@ -1,9 +1,11 @@
 """Training a MoLE adapter with trl's SFTTrainer: the load-balancing loss and routing statistics per task.
 
-`MoleSFTTrainer` adds `aux_loss_coef · mole.aux_loss` to SFT's loss. `RoutingStats` measures, at the start,
-every `every` steps and at the end, how the router spreads the tokens of each task over the specific experts:
-per task the mean gate of every expert (over tokens and adapted layers) and the mean per-token gate entropy,
-plus the mean distance between the tasks' mean gate vectors (0 at initialisation, when every gate is uniform).
+`MoleSFTTrainer` adds `aux_loss_coef · mole.aux_loss` to SFT's loss, averaged over the gradient-accumulation
+window as SFT's loss is, so its weight does not grow with gradient_accumulation_steps. `RoutingStats` measures,
+at the start, every `every` steps and at the end, how the router spreads the tokens of each task over the
+specific experts: per task the mean gate of every expert (over tokens and adapted layers) and the mean per-token
+gate entropy, plus the mean distance between the tasks' mean gate vectors (0 at initialisation, when every gate
+is uniform).
 The probe forward passes run on every rank (under ZeRO-3 a forward is a collective) in eval mode, so no noise.
 """
 
@@ -34,8 +36,19 @@ class MoleSFTTrainer(SFTTrainer):
         # statistics aux_loss reads would be that forward's.
         loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         balance = mole.aux_loss(self.model, inputs.get("attention_mask"))
-        self._metrics["train"]["aux_loss"].append(balance.detach().item())
-        return loss + self.aux_loss_coef * balance
+        self._metrics["train"]["aux_loss"].append(balance.detach().item())  # unweighted, one micro-batch's
+        return loss + self.aux_loss_coef * balance / self._accumulation_divisor(num_items_in_batch)
+
+    def _accumulation_divisor(self, num_items_in_batch: Any) -> int:
+        """What the balancing term (a per-micro-batch mean) is divided by. When the SFT loss is normalised over
+        the whole accumulation window (num_items_in_batch) the Trainer no longer divides the returned loss by
+        the accumulation steps, so an undivided term would weigh coef x steps; when the Trainer divides it
+        itself, dividing here too would weigh coef / steps. The test is Trainer.training_step's."""
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = ((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                      or self.compute_loss_func is not None)
+        return self.current_gradient_accumulation_steps if scaled else 1
 
 
 def probe_batches(tokenizer: Any, rows_by_task: dict[str, list[tuple[list[int], list[int]]]]
