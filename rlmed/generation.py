@@ -1,7 +1,9 @@
 """Sampling answers from a policy: batched HF generation here, or an OpenAI-compatible server.
 
 Both return, for each prompt (chat messages ending with the user), `samples_per_prompt` answer texts. Shared
-by the stages that sample (ai_feedback now; PPO/GRPO rollouts and evaluation later).
+by the stages that sample: ai_feedback, the held-out answers of ppo/grpo/rloo, evaluate. HF generation samples
+exactly what the arguments say (rlmed.sampling): a model's generation_config.json (repetition penalties,
+n-gram bans, ...) applies only where the caller asks for it (`model_generation_config`).
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def generate_hf(model_path: str, prompts: list[list[dict]], args: Any, seed: int) -> list[list[str]]:
-    """Sample with transformers' `generate`, batched (`args.batch_size` prompts at a time), left-padded."""
+def generate_hf(model_path: str, prompts: list[list[dict]], args: Any, seed: int,
+                used: dict[str, Any] | None = None) -> list[list[str]]:
+    """Sample with transformers' `generate`, batched (`args.batch_size` prompts at a time), left-padded.
+
+    `args`: samples_per_prompt, temperature (0: greedy), top_p, max_new_tokens, batch_size, dtype; optionally
+    top_k (default: off) and model_generation_config (default False: the model's generation_config.json is
+    ignored; True: it fills every field not given, top_k included). `used`, when given, receives the
+    generation settings applied."""
     import torch
     from tqdm import tqdm
 
     from rlmed import dist
     from rlmed.data.chat import render_prompt
     from rlmed.models.loading import load_causal_lm, load_tokenizer
+    from rlmed.sampling import describe, generate_with, sampling_config
 
     if not prompts:
         return []
@@ -30,19 +39,22 @@ def generate_hf(model_path: str, prompts: list[list[dict]], args: Any, seed: int
     model.to(device)
     torch.manual_seed(seed)
     k = args.samples_per_prompt
+    own = bool(getattr(args, "model_generation_config", False))
+    config = sampling_config(temperature=args.temperature, top_p=args.top_p, top_k=getattr(args, "top_k", None),
+                             max_new_tokens=args.max_new_tokens, num_return_sequences=k,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                             model_defaults=model.generation_config if own else None)
+    settings = {"model_generation_config": own, **describe(config)}
+    logger.info("generating with %s", settings)
+    if used is not None:
+        used.update(settings)
     out: list[list[str]] = []
     batches = range(0, len(prompts), args.batch_size)
     for start in tqdm(batches, desc="generating", unit="batch", disable=len(batches) < 2):
         texts = [render_prompt(tokenizer, m) for m in prompts[start:start + args.batch_size]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        # temperature 0 means greedy decoding (evaluation); sampling otherwise.
-        sampling = ({"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
-                    if args.temperature > 0 else {"do_sample": False})
         with torch.no_grad():
-            generated = model.generate(
-                **enc, **sampling, max_new_tokens=args.max_new_tokens, num_return_sequences=k,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
+            generated = generate_with(model, config, **enc)
         answers = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         out += [[a.strip() for a in answers[i:i + k]] for i in range(0, len(answers), k)]
     return out

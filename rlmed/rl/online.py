@@ -38,7 +38,8 @@ class Args(ModelArgs):
 
 
 class RewardCounter:
-    """Counts what a reward source returned across the run, so unscored samples are reported, not hidden."""
+    """Counts what a reward source returned in this process over the run, so unscored samples are reported, not
+    hidden (the stage adds the ranks' counts up)."""
 
     def __init__(self) -> None:
         self.total = 0
@@ -158,13 +159,22 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
     trainer = import_object(trainer_path)(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
                           reward_funcs=[trl_reward(source, name, counter)], processing_class=tokenizer,
                           callbacks=training.callbacks(ctx))
-    metrics.update(training.train(ctx, trainer), **parameters, train_prompts=len(train_rows))
+    # trl's GenerationConfig leaves fields unset (min_p, no_repeat_ngram_size, bad_words_ids, ...) that generate
+    # would fill from the model's generation_config.json; neutralised while training, restored before saving.
+    from rlmed.sampling import neutral_model_defaults
+
+    with neutral_model_defaults(model):
+        metrics.update(training.train(ctx, trainer), **parameters, train_prompts=len(train_rows))
     training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
 
-    metrics.update(rewards_scored=counter.total - counter.unscored, rewards_unscored=counter.unscored)
-    if counter.total and counter.unscored / counter.total > args.max_failed_fraction:
-        raise RuntimeError(f"{counter.unscored} of {counter.total} rewards could not be scored (more than "
-                           f"max_failed_fraction={args.max_failed_fraction}); first errors: {counter.first_errors}")
+    # trl scores each rank's own completions, so the counter holds this rank's share: the manifest and the gate
+    # take the run's, which also gives every rank the same decision (all fail together; none waits on the others).
+    total, unscored = (int(n) for n in dist.all_sum([counter.total, counter.unscored]))
+    metrics.update(rewards_scored=total - unscored, rewards_unscored=unscored)
+    if total and unscored / total > args.max_failed_fraction:
+        raise RuntimeError(f"{unscored} of {total} rewards could not be scored over {dist.world_size()} rank(s) (more "
+                           f"than max_failed_fraction={args.max_failed_fraction}); on this rank {counter.unscored} of "
+                           f"{counter.total}, first errors: {counter.first_errors or 'none'}")
     if heldout and dist.is_main():
         with training.unpartitioned_loading(trainer):  # an adapter folder loads like a full model
             metrics["heldout_reward_end"] = write_heldout("heldout_end.jsonl", str(ctx.output("model")))

@@ -34,6 +34,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from rlmed import dist
+from rlmed.models.dropout import disable_dropout
 from rlmed.rl import ppo_math
 from rlmed.rl.online import RewardCounter
 from rlmed.rl.experience import left_pad, position_ids, response_mask, response_slice, token_logprobs
@@ -161,6 +162,9 @@ class RolloutTotals:
         for key, value in values.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
 
+    def keep_max(self, key: str, value: float) -> None:
+        self.sums[key] = max(self.sums.get(key, 0.0), float(value))
+
 
 class PPOTrainer(Trainer):
     """See the module docstring. `settings` is the ppo stage's Args; `prompts` rows carry `ids` (the rendered,
@@ -189,6 +193,10 @@ class PPOTrainer(Trainer):
         self._pending: tuple[dict[str, float], list[dict[str, Any]]] | None = None
         self._saving_checkpoint = False
         self.run_counts = (0, 0)
+        # Updates run in train mode, old log-probs and values in eval mode: with dropout on, their ratio at
+        # unchanged weights would be noise instead of 1 (rlmed.models.dropout).
+        logger.info("dropout set to 0 in %d places of the policy and value model",
+                    disable_dropout(policy) + disable_dropout(value_model))
         super().__init__(model=PolicyAndValue(policy, value_model), args=args, train_dataset=list(range(len(prompts))),
                          processing_class=tokenizer, callbacks=callbacks)
         self.add_callback(_RolloutLogger(self))
@@ -225,12 +233,14 @@ class PPOTrainer(Trainer):
         return self.ref_model
 
     def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        from transformers import GenerationConfig
         from trl.models.utils import unwrap_model_for_generation
 
+        from rlmed.sampling import generate_with, sampling_config
+
         s = self.settings
-        config = GenerationConfig(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0,
-                                  max_new_tokens=s.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_id)
+        # softmax(logits / T), as the old and reference log-probs assume: nothing from generation_config.json.
+        config = sampling_config(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                                 pad_token_id=self.pad_id, eos_token_id=self.eos_id)
         width = prompt_ids.shape[1]
         chunks = []
         # Under ZeRO-3 the parameters are gathered once for the whole generation, not per forward call.
@@ -241,9 +251,8 @@ class PPOTrainer(Trainer):
             for start in range(0, len(prompt_ids), s.generation_batch_size):
                 rows = slice(start, start + s.generation_batch_size)
                 with torch.no_grad():
-                    out = policy.generate(input_ids=prompt_ids[rows].to(self.args.device),
-                                          attention_mask=prompt_mask[rows].to(self.args.device),
-                                          generation_config=config)
+                    out = generate_with(policy, config, input_ids=prompt_ids[rows].to(self.args.device),
+                                        attention_mask=prompt_mask[rows].to(self.args.device))
                 chunks.append(out[:, width:].cpu())
             policy.train(was_training)
         longest = max(c.shape[1] for c in chunks)
@@ -369,6 +378,9 @@ class PPOTrainer(Trainer):
         loss = policy.loss + self.settings.vf_coef * value_loss
         with torch.no_grad():
             entropy = ppo_math.masked_mean(ppo_math.entropy_from_logits(logits / self.settings.temperature), loss_mask)
+            if k < self.args.gradient_accumulation_steps:  # still the weights that computed old_logp: r must be 1
+                ratio = torch.exp(logp - e.old_logp[rows].to(device))
+                self._totals.keep_max("ratio_error", float(((ratio - 1).abs() * loss_mask).max()))
         self._totals.add(micro_steps=1, policy_loss=float(policy.loss.detach()), value_loss=float(value_loss.detach()),
                          clip_fraction=float(policy.clip_fraction), approx_kl=float(policy.approx_kl),
                          value_clip_fraction=float(value_clipped), entropy=float(entropy))
@@ -408,6 +420,9 @@ class PPOTrainer(Trainer):
             stats[key] = totals[key] / micro
         for key in ("time_generation", "time_scoring", "time_experience", "time_training"):
             stats[key] = totals[key] / world  # mean over ranks, seconds
+        # Per rank the largest |π/π_old - 1| before the rollout's first optimizer step, averaged over ranks: 0 up
+        # to float noise; more means the update's forward differs from the rollout's (dropout, kernels).
+        stats["ratio_error_before_update"] = totals.get("ratio_error", 0.0) / world
         for key in keys:
             if key.startswith("part_sum/"):
                 name = key.split("/", 1)[1]

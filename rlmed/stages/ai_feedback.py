@@ -35,6 +35,8 @@ class Endpoint:
 class Args:
     samples_per_prompt: int = 4
     temperature: float = 1.0
+    """Candidates are drawn from softmax(logits / temperature) cut by top_p and nothing else: the model's
+    generation_config.json (repetition_penalty, top_k, ...) is not applied (rlmed.sampling)."""
     top_p: float = 0.95
     max_new_tokens: int = 256
     batch_size: int = 8

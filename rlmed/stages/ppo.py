@@ -40,7 +40,10 @@ class Args(OnlineArgs):
     """Prompt tokens kept (the end of longer dialogues)."""
     max_new_tokens: int = 64
     temperature: float = 1.0
+    """Rollouts sample softmax(logits / temperature), the distribution the log-probs are computed under; the
+    model's generation_config.json (repetition_penalty, ...) is not applied (rlmed.sampling)."""
     top_p: float = 1.0
+    """Below 1, samples are cut to the top-p mass while log-probs stay those of the whole distribution."""
     kl_coef: float = 0.05
     """KL penalty β (the starting value when kl_target is set)."""
     kl_estimator: Literal["k1", "k3"] = "k1"

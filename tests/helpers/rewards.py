@@ -43,3 +43,19 @@ class Brevity:
         if self.shuffle:
             self.rng.shuffle(values)
         return [Score(value=v) for v in values]
+
+
+class UnscoredOnRank:
+    """Brevity's reward, except in the process whose RANK is `rank`: every sample scored there comes back
+    unscored (None), as when one rank's judge endpoint is down. For checking that unscored counts add up
+    across ranks."""
+
+    def __init__(self, rank: int = 1):
+        self.rank = rank
+
+    async def score(self, samples: Sequence[Sample]) -> list[Score]:
+        import os
+
+        if int(os.environ.get("RANK", "0")) == self.rank:
+            return [Score.failed(f"deliberately unscored on rank {self.rank}") for _ in samples]
+        return [Score(value=-len(s.completion) / 50.0) for s in samples]

@@ -7,17 +7,22 @@ import json
 
 from tests.stages.conftest import manifest, run_recipe, sample
 
-# Held-out answers must get at least this much shorter (mean characters) with the learnable reward.
-MIN_SHORTENING = 5.0
+# Held-out answers must get at least this much shorter (mean characters over 24 held-out prompts) with the
+# learnable reward. Sampling is exact (no top-k), as in training: measured here 14.0 (grpo) and 6.1 (rloo)
+# against -1.1 for the shuffled control.
+MIN_SHORTENING = 4.0
 
 
 def grpo_stage(model, shuffle: bool, kind: str = "grpo") -> dict:
+    # RLOO's advantages are raw reward differences (about 0.1 here) unless normalised, and its default KL
+    # penalty (beta 0.05, GRPO's is 0) holds a near-uniform tiny model in place.
+    extra = {"normalize_advantages": True, "beta": 0.0} if kind == "rloo" else {}
     return {"id": "grpo", "kind": kind,
             "inputs": {"model": str(model), "prompts": sample("doctor_dialogues.jsonl")},
-            "args": {"max_prompts": 40, "heldout_prompts": 8, "heldout_max_new_tokens": 24},
+            "args": {"max_prompts": 56, "heldout_prompts": 24, "heldout_max_new_tokens": 24},
             "reward": {"_component_": "tests.helpers.rewards.Brevity", "shuffle": shuffle},
-            "trainer": {"max_steps": 12, "learning_rate": 3e-3, "per_device_train_batch_size": 8,
-                        "num_generations": 4, "max_completion_length": 24, "logging_steps": 1}}
+            "trainer": {"max_steps": 32, "learning_rate": 1e-2, "per_device_train_batch_size": 8,
+                        "num_generations": 4, "max_completion_length": 24, "logging_steps": 1, **extra}}
 
 
 def mean_length(path) -> float:
@@ -40,7 +45,7 @@ def test_grpo_learns_a_learnable_reward_and_not_a_shuffled_one(tmp_path, tiny_mo
     assert control < MIN_SHORTENING, (learned, control)
     m = manifest(tmp_path / "learn", "grpo")["metrics"]
     assert m["heldout_reward_end"] > m["heldout_reward_start"]
-    assert m["rewards_unscored"] == 0 and m["rewards_scored"] == 12 * 8
+    assert m["rewards_unscored"] == 0 and m["rewards_scored"] == 32 * 8
 
 
 def test_rloo_learns_the_same_reward(tmp_path, tiny_model):
