@@ -225,6 +225,22 @@ def meds_ins_prompt(instruction: str, input: str, examples: Sequence[Mapping[str
     return "\n".join(cases) + "\n" + tail
 
 
+def choice_rows(outputs: Sequence[str], options_list: Sequence[Sequence[str]],
+                answers: Sequence[str]) -> list[tuple[bool, bool]]:
+    """Per row (correct, answered): the extracted letter equals the gold letter / any letter was extracted.
+
+    Raises ValueError on length mismatch or a gold answer that is not one in-range letter (names the row).
+    """
+    if not (len(outputs) == len(options_list) == len(answers)):
+        raise ValueError(f"{len(outputs)} outputs, {len(options_list)} option lists, {len(answers)} answers")
+    out = []
+    for i, (text, options, gold) in enumerate(zip(outputs, options_list, answers)):
+        gold_letter = _gold_letter(gold, _letters(options), f"row {i}")
+        got = extract_choice(text, options)
+        out.append((got == gold_letter, got is not None))
+    return out
+
+
 def accuracy(outputs: Sequence[str], options_list: Sequence[Sequence[str]],
              answers: Sequence[str]) -> dict[str, float | int]:
     """{"accuracy": % of rows whose extracted letter equals the gold letter, "answered": % of rows with any
@@ -232,15 +248,9 @@ def accuracy(outputs: Sequence[str], options_list: Sequence[Sequence[str]],
 
     Raises ValueError on length mismatch, no rows, or a gold answer that is not one in-range letter (names the row).
     """
-    if not (len(outputs) == len(options_list) == len(answers)):
-        raise ValueError(f"{len(outputs)} outputs, {len(options_list)} option lists, {len(answers)} answers")
-    if not outputs:
+    rows = choice_rows(outputs, options_list, answers)
+    if not rows:
         raise ValueError("no rows to score")
-    correct = answered = 0
-    for i, (out, options, gold) in enumerate(zip(outputs, options_list, answers)):
-        gold_letter = _gold_letter(gold, _letters(options), f"row {i}")
-        got = extract_choice(out, options)
-        answered += got is not None
-        correct += got == gold_letter
-    n = len(outputs)
-    return {"accuracy": 100.0 * correct / n, "answered": 100.0 * answered / n, "n": n}
+    n = len(rows)
+    return {"accuracy": 100.0 * sum(c for c, _ in rows) / n, "answered": 100.0 * sum(a for _, a in rows) / n,
+            "n": n}

@@ -73,6 +73,26 @@ def criteria(answer: str, items: Sequence[str]) -> tuple[bool, bool, bool]:
     return h >= 1, 2 * h >= n, 3 * h >= 2 * n
 
 
+def hit_rows(answers: Sequence[str], items: Sequence[Sequence[str]]) -> list[tuple[bool, bool, bool]]:
+    """Per row, `criteria` of its answer against its items (the per-row values hit_rates averages).
+
+    Raises ValueError on a length mismatch, on bare strings for item lists, and on a row with no items (naming
+    its index).
+    """
+    if len(answers) != len(items):
+        raise ValueError(f"{len(answers)} answers but {len(items)} item lists")
+    if isinstance(items, str) or any(isinstance(row, str) for row in items):
+        # A bare string would be read as a list of characters, each one "hit" almost always.
+        raise ValueError("items must be a list of item lists, not strings")
+    out = []
+    for index, (answer, row) in enumerate(zip(answers, items)):
+        try:
+            out.append(criteria(answer, row))
+        except ValueError:
+            raise ValueError(f"row {index} has no expected items") from None
+    return out
+
+
 def hit_rates(answers: Sequence[str], items: Sequence[Sequence[str]]) -> dict[str, float]:
     """Share of rows meeting each criterion, ×100, keyed hit_rate_1/2/3.
 
@@ -82,15 +102,5 @@ def hit_rates(answers: Sequence[str], items: Sequence[Sequence[str]]) -> dict[st
         raise ValueError(f"{len(answers)} answers but {len(items)} item lists")
     if not answers:
         raise ValueError("no rows to score")
-    if isinstance(items, str) or any(isinstance(row, str) for row in items):
-        # A bare string would be read as a list of characters, each one "hit" almost always.
-        raise ValueError("items must be a list of item lists, not strings")
-    counts = [0, 0, 0]
-    for index, (answer, row) in enumerate(zip(answers, items)):
-        try:
-            met = criteria(answer, row)
-        except ValueError:
-            raise ValueError(f"row {index} has no expected items") from None
-        for k, ok in enumerate(met):
-            counts[k] += ok
-    return {key: 100.0 * c / len(answers) for key, c in zip(HIT_RATE_KEYS, counts)}
+    rows = hit_rows(answers, items)
+    return {key: 100.0 * sum(met[k] for met in rows) / len(rows) for k, key in enumerate(HIT_RATE_KEYS)}

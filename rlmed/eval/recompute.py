@@ -2,13 +2,16 @@
 
 For every evaluate stage of the run: read generations/<model>.jsonl of each model in results.json, recompute
 the text / choice / hit-rate metrics with rlmed.eval.generations (the functions the stage itself uses, on the
-same rows), replace results.json's `metrics` (written atomically), and re-render report.md. Nothing is
-generated, so an edited answer, a corrected reference or a fixed metric costs seconds, not a GPU run.
+same rows), the reward means and part means from the scores saved in the rows, and the comparisons, breakdowns
+and stage effects with rlmed.eval.statistics (the same draws: results.json records their seed); replace those
+sections of results.json (written atomically), and re-render report.md. Nothing is generated, so an edited
+answer, a corrected reference or a fixed metric costs seconds, not a GPU run.
 
-Kept as they are, and said so in the log and the report: `reward` (needs the reward source, and a saved score
-belongs to the answer it scored, which may have been edited), `pairwise` (needs the judge) and `contamination`
-(needs the training data). Every stage is checked and computed before any file is written, so a broken
-generations file leaves the whole run as it was. manifest.json and tables/*.jsonl keep the stage's values.
+Kept as they are, and said so in the log and the report: the reward *scores* (re-scoring needs the reward
+source, and a saved score belongs to the answer it scored, which may have been edited), `pairwise` (needs the
+judge) and `contamination` (needs the training data). Every stage is checked and computed before any file is
+written, so a broken generations file leaves the whole run as it was. manifest.json and tables/*.jsonl keep
+the stage's values.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from rlmed.artifacts import atomic_write_json
-from rlmed.eval.generations import GENERATIONS, GenerationsError, model_metrics, read_generations, set_kinds
+from rlmed.eval.generations import (GENERATIONS, GenerationsError, model_values, read_generations, set_kinds,
+                                    summarise_model)
 from rlmed.eval.report import RESULTS, ReportError, evaluate_stages, load_results, model_names, render_report
+from rlmed.eval.statistics import add_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +55,15 @@ def _short(values: list[int]) -> str:
 
 
 def recompute_results(stage_dir: Path, results: dict[str, Any] | None = None) -> dict[str, Any]:
-    """results.json of one evaluate stage (`results`: it as already read) with `metrics` recomputed from
-    generations/ (nothing written); ReportError naming the file (and line) at fault."""
+    """results.json of one evaluate stage (`results`: it as already read) with `metrics`, the reward means (where
+    the rows carry scores), `comparisons`, `breakdowns` and `stage_effects` recomputed from generations/ (nothing
+    written); ReportError naming the file (and line) at fault."""
     stage_dir = Path(stage_dir)
     if results is None:
         results = load_results(stage_dir / RESULTS)
     models = list(results["models"]) or model_names(results)
-    metrics: dict[str, dict[str, float]] = {}
+    values = {}
+    scored = False
     for model in models:
         path = stage_dir / GENERATIONS / f"{model}.jsonl"
         try:
@@ -65,13 +72,18 @@ def recompute_results(stage_dir: Path, results: dict[str, Any] | None = None) ->
             _check_sets(path, rows, kinds, results["eval_sets"])
             listed = [s for s in results["eval_sets"] if s in kinds]  # metrics in results.json's set order
             kinds = {s: kinds[s] for s in [*listed, *(s for s in kinds if s not in listed)]}
-            metrics[model] = model_metrics(rows, kinds, str(path))
+            values[model] = model_values(rows, kinds, str(path))
+            scored = scored or any("reward" in r for r in rows)
         except GenerationsError as exc:
             raise ReportError(str(exc)) from None
+    summaries = {model: summarise_model(v) for model, v in values.items()}
     kept = [section for section in KEPT_SECTIONS if results[section]]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return {**results, "metrics": metrics, "recomputed": {"at": when, "from": f"{GENERATIONS}/<model>.jsonl",
-                                                         "kept": kept}}
+    out = {**results, "metrics": {model: m for model, (m, _) in summaries.items()},
+           "recomputed": {"at": when, "from": f"{GENERATIONS}/<model>.jsonl", "kept": kept}}
+    if scored:  # rows written before scores were saved in them leave the stage's reward means as they were
+        out["reward"] = {model: r for model, (_, r) in summaries.items()}
+    return add_statistics(out, values, stage_dir.parent, stage_dir.name)
 
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> int:
@@ -95,7 +107,8 @@ def recompute_run(run_dir: Path) -> list[Path]:
                     _changed(before, results["metrics"]))
         if results["recomputed"]["kept"]:
             logger.info("%s: kept %s as the stage's run left them: they need the reward source, the judge or the "
-                        "training data, not only the saved answers; re-run the stage to refresh them", path,
+                        "training data, not only the saved answers (reward means and comparisons use the scores "
+                        "saved in the rows, not re-scored); re-run the stage to refresh them", path,
                         ", ".join(results["recomputed"]["kept"]))
         written += [path, *render_report(run_dir, stage_id)]
     return written

@@ -97,6 +97,29 @@ def distinct(hyps_tokens: Sequence[Sequence[str]], n: int) -> float:
     return 100.0 * len(set(grams)) / len(grams) if grams else 0.0
 
 
+def text_metric_rows(references: Sequence[str], hypotheses: Sequence[str]
+                     ) -> tuple[dict[str, list[float]], list[list[str]]]:
+    """Per-row scores of the per-sample metrics (BLEU-1..4, GLEU, ROUGE-1/2/L, each ×100, in row order) and the
+    hypotheses' tokens, from which the corpus-level Distinct-n is computed. The paired bootstrap
+    (rlmed.eval.bootstrap) resamples these rows; `text_metrics` averages them.
+
+    Raises ValueError when the two lists differ in length.
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    refs = [tokenize(r) for r in references]
+    hyps = [tokenize(h) for h in hypotheses]
+    rows: dict[str, list[float]] = {key: [] for key in METRIC_KEYS[:8]}
+    for ref, hyp in zip(refs, hyps):
+        for n in range(1, 5):
+            rows[f"bleu_{n}"].append(bleu(ref, hyp, n))
+        rows["gleu"].append(gleu(ref, hyp))
+        rows["rouge_1"].append(rouge_n(ref, hyp, 1))
+        rows["rouge_2"].append(rouge_n(ref, hyp, 2))
+        rows["rouge_l"].append(rouge_l(ref, hyp))
+    return rows, hyps
+
+
 def text_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
     """All metrics of methods.md §7 for paired references and hypotheses, keyed as ``METRIC_KEYS``, each ×100.
 
@@ -106,17 +129,9 @@ def text_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[s
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     if not references:
         raise ValueError("no samples to score")
-    refs = [tokenize(r) for r in references]
-    hyps = [tokenize(h) for h in hypotheses]
-    sums = dict.fromkeys(METRIC_KEYS[:8], 0.0)
-    for ref, hyp in zip(refs, hyps):
-        for n in range(1, 5):
-            sums[f"bleu_{n}"] += bleu(ref, hyp, n)
-        sums["gleu"] += gleu(ref, hyp)
-        sums["rouge_1"] += rouge_n(ref, hyp, 1)
-        sums["rouge_2"] += rouge_n(ref, hyp, 2)
-        sums["rouge_l"] += rouge_l(ref, hyp)
-    out = {key: total / len(refs) for key, total in sums.items()}
+    rows, hyps = text_metric_rows(references, hypotheses)
+    # sum()/len, left to right: the mean rlmed has always reported, to the last bit.
+    out = {key: sum(values) / len(values) for key, values in rows.items()}
     out["distinct_1"] = distinct(hyps, 1)
     out["distinct_2"] = distinct(hyps, 2)
     return out

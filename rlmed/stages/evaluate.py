@@ -13,13 +13,17 @@ their metric needs: rlmed.eval.generations) before anything is scored. With a `r
 scores the rows it generated and the scores are saved in those rows too; the main rank computes the metrics
 and reward means from the merged rows, judges and reports. Eval rows
 that also occur, exactly or nearly, in a data input of any other stage of the run are reported (contamination).
-The stage writes results.json, report.md with PNG plots (`rlmed report <run_dir>` regenerates it;
-`--recompute` recomputes the metrics from the saved generations first), and the comparison table to W&B.
+Every metric of every model is compared with the baseline by a paired bootstrap over the eval rows (2,000
+resamples seeded from the stage's seed; methods.md §10), also per value of each `breakdown_by` row field (saved
+rows carry them as tags), and "What each stage did" measures each stage of the run against its nearest evaluated
+ancestor (`targets`, rlmed.eval.stage_effects). The stage writes results.json, report.md with PNG plots
+(`rlmed report <run_dir>` regenerates it; `--recompute` recomputes the metrics, intervals, breakdowns and stage
+effects from the saved generations first), and the report's tables to W&B.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +38,19 @@ class Args:
     max_new_tokens: int = 128
     temperature: float = 0.0
     """0: greedy decoding."""
+    samples_per_prompt: int = 1
+    """Generation sets (prompts with the doctor's reply): answers per row. 1: one answer, decoded with
+    `temperature`. k > 1: k answers sampled at `sample_temperature`, and the row's text metrics and reward are
+    their means, so a row measures the model's expected answer (what RL optimises) rather than one decision that
+    a tiny change of the weights can flip, and the intervals still resample prompts. Choice and hit-rate rows
+    are answered once, with `temperature`."""
+    sample_temperature: float = 1.0
+    """The sampling temperature of the k answers of `samples_per_prompt`."""
     top_p: float = 1.0
+    model_generation_config: bool = False
+    """Let each model's own generation_config.json (repetition_penalty, top_k, no_repeat_ngram_size, ...) fill
+    every generation setting not given here; default: plain greedy (or temperature/top_p) decoding whatever the
+    file says. results.json records each model's settings under `generation`."""
     batch_size: int = 8
     max_rows: int | None = None
     """Rows used per eval set (the first N); None: all."""
@@ -42,20 +58,40 @@ class Args:
     """Solved examples put before each multiple-choice question (taken from the set's first rows)."""
     choice_template: Literal["plain", "meds_ins"] = "plain"
     """Few-shot layout for multiple choice: plain (questions with their answers), or MedS-Ins' case template."""
+    choice_scoring: Literal["generate", "loglik"] = "generate"
+    """Multiple choice: generate (the model answers, the letter is read from its text), or loglik (each option's
+    `choice_continuation` is scored by the model's log-probability after the question and the most probable
+    wins, as lm-eval-harness does: for small or base models, whose knowledge shows before their answer format)."""
+    choice_continuation: str = "{option}"
+    """loglik: what the model would write for an option, a format string over the row's fields plus {option}
+    and {letter} (e.g. "{condition}的常见表现是{option}。" when the rows have a condition field)."""
     judge: dict[str, Any] | None = None
     """An LLM judge component ({_component_: reward.judge.LLMJudge, ...}) for pairwise win/tie/loss."""
     contamination_threshold: float = 0.8
     dtype: str = "auto"
     seed: int = 42
-    """Sampling seed (used when temperature > 0)."""
+    """Sampling seed (used when temperature > 0), and the seed of the paired-bootstrap draws."""
+    breakdown_by: list[str] = field(default_factory=lambda: ["condition"])
+    """Eval-row fields (e.g. condition, red_flag) to break every metric down by; saved rows carry them as tags."""
+    targets: dict[str, str] = field(default_factory=dict)
+    """Stage id -> the metric that stage is judged on in "What each stage did" (a results key such as
+    "dialogues/reward.rules.referral"); stages not named get a default by kind (rlmed.eval.stage_effects)."""
 
     def __post_init__(self) -> None:
+        if self.samples_per_prompt < 1 or (self.samples_per_prompt > 1 and self.sample_temperature <= 0):
+            raise ValueError("samples_per_prompt must be at least 1, and k > 1 samples need sample_temperature > 0")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.few_shot < 0:
             raise ValueError("max_new_tokens and batch_size must be at least 1, few_shot at least 0")
         if not 0.0 < self.contamination_threshold <= 1.0:
             raise ValueError("contamination_threshold must be within (0, 1]")
         if self.choice_template == "meds_ins" and self.few_shot < 1:
             raise ValueError("choice_template meds_ins needs few_shot >= 1 (its cases are the solved examples)")
+        if not all(isinstance(f, str) and f for f in self.breakdown_by):
+            raise ValueError(f"breakdown_by must list eval-row field names, got {self.breakdown_by!r}")
+        bad = {k: v for k, v in self.targets.items() if not isinstance(v, str) or "/" not in v.strip("/")}
+        if bad:
+            raise ValueError(f"targets must map stage ids to metric keys '<eval set>/<metric>' as in results.json "
+                             f"(e.g. dialogues/reward_mean), got {bad}")
 
 
 MEDS_INS_INSTRUCTION = "请根据题目从选项中选出唯一正确的答案，只输出选项字母。"
@@ -78,11 +114,28 @@ class EvalRow:
     options: list[str] | None = None
     answer: str | None = None
     items: list[str] | None = None
+    continuations: list[str] | None = None
+    """loglik choice scoring: the answer text of every option (rlmed.eval.loglik)."""
+    tags: dict[str, Any] = field(default_factory=dict)
+    """The row's breakdown_by fields (rlmed.eval.generations.row_tags)."""
 
     @property
     def text(self) -> str:
         """What the contamination check looks for in training data: the question (last user turn)."""
         return self.messages[-1]["content"]
+
+
+def check_targets(targets: dict[str, str], models: dict[str, str], set_names: list[str]) -> None:
+    """ValueError unless every args.targets entry names a stage whose model is evaluated and an eval set of this
+    stage: caught before generating, rather than a silently unmeasured line in the report."""
+    stages = {Path(p).parent.name for p in models.values() if Path(p).name in ("model", "merged")}
+    for stage_id, key in targets.items():
+        if stage_id not in stages:
+            raise ValueError(f"args.targets names stage '{stage_id}', whose model is not evaluated here (stages "
+                             f"with evaluated models: {', '.join(sorted(stages)) or 'none'})")
+        if key.split("/", 1)[0] not in set_names:
+            raise ValueError(f"args.targets['{stage_id}'] = '{key}': '{key.split('/', 1)[0]}' is not an eval set of "
+                             f"this stage ({', '.join(set_names)}); keys are '<eval set>/<metric>'")
 
 
 def set_kind(rows: list[dict[str, Any]]) -> str:
@@ -98,6 +151,7 @@ def load_eval_set(source: Any, args: Args) -> tuple[str, list[EvalRow]]:
     from rlmed.data.dialogues import as_doctor_prompts
     from rlmed.data.sources import source_records
     from rlmed.eval.choice import few_shot_prompt, meds_ins_prompt, zero_shot_prompt
+    from rlmed.eval.generations import row_tags
 
     records = source_records(source)
     kind = set_kind([r.row for r in records])
@@ -116,13 +170,24 @@ def load_eval_set(source: Any, args: Args) -> tuple[str, list[EvalRow]]:
 
         for r in records[args.few_shot:]:
             prompt = prompt_of(r.row)
+            answers = None
+            if args.choice_scoring == "loglik":
+                from rlmed.data.records import DataError
+                from rlmed.eval.loglik import ContinuationError, continuations
+
+                try:
+                    answers = continuations(args.choice_continuation, r.row, list(r.row["options"]))
+                except ContinuationError as exc:
+                    raise DataError(r.path, r.line, f"{exc}; fix args.choice_continuation") from None
             rows.append(EvalRow([{"role": "user", "content": prompt}], options=list(r.row["options"]),
-                                answer=str(r.row["answer"]).strip()))
+                                answer=str(r.row["answer"]).strip(), continuations=answers,
+                                tags=row_tags(r.row, args.breakdown_by)))
     elif kind == "hitrate":
-        rows = [EvalRow([{"role": "user", "content": r.row["question"]}], items=list(r.row["items"]))
-                for r in records]
+        rows = [EvalRow([{"role": "user", "content": r.row["question"]}], items=list(r.row["items"]),
+                        tags=row_tags(r.row, args.breakdown_by)) for r in records]
     else:
-        rows = [EvalRow(p.messages, reference=p.reference) for r in records for p in as_doctor_prompts(r, source.format)]
+        rows = [EvalRow(p.messages, reference=p.reference, tags=row_tags(r.row, args.breakdown_by))
+                for r in records for p in as_doctor_prompts(r, source.format)]
     return kind, rows[: args.max_rows] if args.max_rows is not None else rows
 
 
@@ -157,12 +222,14 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def saved_rows(mine: list[tuple[str, int, str, EvalRow]], texts: list[str]) -> list[dict[str, Any]]:
-    """This rank's answers as generations rows, each with what its metric is computed from."""
+def saved_rows(mine: list[tuple[str, int, str, EvalRow]], texts: list[list[str]]) -> list[dict[str, Any]]:
+    """This rank's answers (one or more per row) as generations rows, each with what its metric is computed
+    from."""
     from rlmed.eval.generations import saved_row
 
-    return [saved_row(s, i, kind, row.messages, text, reference=row.reference, options=row.options,
-                      answer_key=row.answer, items=row.items) for (s, i, kind, row), text in zip(mine, texts)]
+    return [saved_row(s, i, kind, row.messages, answers[0], reference=row.reference, options=row.options,
+                      answer_key=row.answer, items=row.items, tags=row.tags, samples=answers)
+            for (s, i, kind, row), answers in zip(mine, texts)]
 
 
 def merge_shards(ctx: StageContext, name: str, shard: list[dict[str, Any]], set_order: list[str]
@@ -189,18 +256,45 @@ def merge_shards(ctx: StageContext, name: str, shard: list[dict[str, Any]], set_
 
 
 def generate_sharded(ctx: StageContext, name: str, path: str, sets: dict[str, tuple[str, list[EvalRow]]],
-                     settings: Any, source: Any = None) -> list[dict[str, Any]]:
+                     settings: Any, source: Any = None, used: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every rank answers its share (rows rank::world of every set) and, given a reward source, scores that
     share itself (its own judge-cache shard: rlmed.rl.sources). The merged rows are saved before scoring, so a
     failing source costs no generation, and again with the scores. Returns the merged rows on the main rank,
-    [] on the others."""
+    [] on the others; `used` receives the generation settings (rlmed.generation.generate_hf)."""
     from rlmed import dist
     from rlmed.eval.generations import add_reward_scores
     from rlmed.generation import generate_hf
 
     rank, world = dist.rank(), dist.world_size()
     mine = [(s, i, kind, row) for s, (kind, rows) in sets.items() for i, row in enumerate(rows)][rank::world]
-    texts = [a[0] for a in generate_hf(path, [row.messages for *_, row in mine], settings, seed=ctx.seed)]
+    scored = [n for n, (*_, row) in enumerate(mine) if row.continuations is not None]  # loglik choice rows
+    texts: list[list[str]] = [[""] for _ in mine]
+    k = getattr(settings, "samples_per_prompt_generation", 1)
+    sampled = [n for n, (_, _, kind, _) in enumerate(mine) if kind == "generation"] if k > 1 else []
+    generated = sorted(set(range(len(mine))) - set(scored) - set(sampled))
+    for n, answers in zip(generated, generate_hf(path, [mine[n][3].messages for n in generated], settings,
+                                                  seed=ctx.seed, used=used)):
+        texts[n] = answers
+    if sampled:
+        from types import SimpleNamespace
+
+        several = SimpleNamespace(**{**vars(settings), "samples_per_prompt": k,
+                                     "temperature": settings.sample_temperature})
+        used_sampling: dict[str, Any] = {}
+        for n, answers in zip(sampled, generate_hf(path, [mine[n][3].messages for n in sampled], several,
+                                                   seed=ctx.seed, used=used_sampling)):
+            texts[n] = answers
+        if used is not None:
+            used["generation_sets"] = {"samples_per_prompt": k, **used_sampling}
+    if scored:
+        from rlmed.eval.loglik import score_continuations
+
+        options = [mine[n][3].continuations for n in scored]
+        for n, row_scores in zip(scored, score_continuations(path, [mine[n][3].messages for n in scored], options,
+                                                             settings.batch_size, settings.dtype)):
+            best = max(range(len(row_scores)), key=row_scores.__getitem__)
+            # Saved as the model's answer, labelled with its letter, so --recompute reads the same choice.
+            texts[n] = [f"{'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[best]}. {mine[n][3].continuations[best]}"]
     shard = saved_rows(mine, texts)
     merged = merge_shards(ctx, name, shard, list(sets))
     if source is None:
@@ -214,9 +308,10 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from rlmed import dist
     from rlmed.artifacts import atomic_write_json
     from rlmed.eval.contamination import find_contamination
-    from rlmed.eval.generations import answers_by_set, model_metrics, reward_means
+    from rlmed.eval.generations import answers_by_set, model_values, summarise_model
     from rlmed.eval.pairwise import PairRow, compare_models_sync
     from rlmed.eval.report import render_report, tables
+    from rlmed.eval.statistics import add_statistics, settings as statistics_settings
     from rlmed.rl.sources import build_reward_source
 
     models = {model_name(p): p for p in inputs["models"]}
@@ -226,27 +321,43 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     if baseline not in models:
         raise ValueError(f"args.baseline '{baseline}' is not one of the models: {', '.join(models)}")
     sets = {Path(s.path).stem: load_eval_set(s, args) for s in inputs["data"]}
+    check_targets(args.targets, models, list(sets))
     settings = SimpleNamespace(samples_per_prompt=1, temperature=args.temperature, top_p=args.top_p,
-                               batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+                               batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
+                               model_generation_config=args.model_generation_config,
+                               samples_per_prompt_generation=args.samples_per_prompt,
+                               sample_temperature=args.sample_temperature)
     generation_sets = [s for s, (kind, _) in sets.items() if kind == "generation"]
     # Built on every rank: each scores its own rows, a judge appending to its own cache shard (the rank).
     source = build_reward_source(ctx.reward, ctx.run_dir) if ctx.reward is not None and generation_sets else None
 
-    saved = {name: generate_sharded(ctx, name, path, sets, settings, source) for name, path in models.items()}
+    used: dict[str, dict[str, Any]] = {name: {} for name in models}  # generation settings, filled per model
+    saved = {name: generate_sharded(ctx, name, path, sets, settings, source, used[name])
+             for name, path in models.items()}
     if not dist.is_main():
         return {}  # the main rank computes the metrics, judges and reports
 
     kinds = {s: kind for s, (kind, _) in sets.items()}
-    metrics = {name: model_metrics(rows, kinds) for name, rows in saved.items()}
+    # Per-row values once per model: the metrics are their means, the bootstrap resamples them.
+    values = {name: model_values(rows, kinds) for name, rows in saved.items()}
+    summaries = {name: summarise_model(v) for name, v in values.items()}
+    metrics = {name: m for name, (m, _) in summaries.items()}
     answers = {name: answers_by_set(rows) for name, rows in saved.items()}
     results: dict[str, Any] = {
         "baseline": baseline,
         "models": {name: {"path": path, "stage": Path(path).parent.name} for name, path in models.items()},
-        "eval_sets": {s: {"rows": len(rows), "kind": kind} for s, (kind, rows) in sets.items()},
+        "eval_sets": {s: {"rows": len(rows), "kind": kind,
+                          **({"scoring": args.choice_scoring} if kind == "choice" else {}),
+                          **({"continuation": args.choice_continuation}
+                             if kind == "choice" and args.choice_scoring == "loglik" else {}),
+                          **({"samples_per_prompt": args.samples_per_prompt}
+                             if kind == "generation" and args.samples_per_prompt > 1 else {})}
+                      for s, (kind, rows) in sets.items()},
         "metrics": metrics,
     }
+    results["generation"] = used  # what each model was decoded with (rlmed.sampling), from the main rank's shard
     if source is not None:
-        results["reward"] = {name: reward_means(rows) for name, rows in saved.items()}
+        results["reward"] = {name: r for name, (_, r) in summaries.items()}
     if args.judge is not None and generation_sets:
         judge = build_reward_source(args.judge, ctx.run_dir)
         results["pairwise"] = {}
@@ -265,6 +376,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
                                            training_texts(ctx.run_dir, ctx.stage_id),
                                            threshold=args.contamination_threshold)]
     results["contamination"] = matches
+    results["statistics"] = statistics_settings(ctx.seed, args.breakdown_by, args.targets)
+    results = add_statistics(results, values, ctx.run_dir, ctx.stage_id)
     atomic_write_json(ctx.stage_dir / "results.json", results)
     render_report(ctx.run_dir, ctx.stage_id)
     # The report's tables also go to tables/<name>.jsonl and, with W&B on, to W&B tables.

@@ -1,5 +1,6 @@
 """evaluate: every metric family on the run's models, generations saved, a position-biased judge gives ties,
-contamination with a training input is reported, and report.md / results.json / the W&B-ready table exist."""
+contamination with a training input is reported, and report.md / results.json / the W&B-ready table exist;
+comparisons, breakdowns and stage effects are computed, and recomputed from the saved rows."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ LEAKED = "宝宝发烧三天了还要观察吗？"
 
 def eval_sets(tmp_path):
     dialogues = write_jsonl(tmp_path / "dialogues.jsonl", [
-        {"prompt": LEAKED, "reference": "三天不退请到医院查血常规。"},
-        {"prompt": "孩子咳嗽有痰怎么办？", "reference": "多喝水，拍背排痰，气促就医。"}])
+        {"prompt": LEAKED, "reference": "三天不退请到医院查血常规。", "condition": "发热", "red_flag": True},
+        {"prompt": "孩子咳嗽有痰怎么办？", "reference": "多喝水，拍背排痰，气促就医。", "condition": "咳嗽",
+         "red_flag": False}])
     mcq = write_jsonl(tmp_path / "mcq.jsonl", [
         {"question": "发热的常见表现是？", "options": ["体温升高", "皮疹", "腹泻", "咳嗽"], "answer": "A"},
         {"question": "手足口病的常见表现是？", "options": ["便秘", "口腔疱疹", "耳痛", "鼻塞"], "answer": "B"}])
@@ -37,10 +39,10 @@ def test_evaluate_compares_models_on_every_metric_family_and_writes_the_report(t
     with JudgeServer() as judge:
         judge.script(then=lambda body: json.dumps({"winner": "A", "rationale": "总选A"}, ensure_ascii=False))
         stages = [
-            {"id": "sft", "kind": "sft", "inputs": {"model": str(tiny_model), "data": str(train)},
+            {"id": "sft", "kind": "sft", "inputs": {"model": str(other), "data": str(train)},
              "args": {"validation_fraction": 0.0}, "trainer": {"max_steps": 1, "max_length": 64}},
             {"id": "eval", "kind": "evaluate", "inputs": {"models": ["$sft.model", str(other)], "data": eval_sets(tmp_path)},
-             "args": {"baseline": "other", "max_new_tokens": 8,
+             "args": {"baseline": "other", "max_new_tokens": 8, "breakdown_by": ["condition", "red_flag"],
                       "judge": {"_component_": "reward.judge.LLMJudge", "model": "judge-test",
                                 "base_url": judge.base_url, "api_key_env": "RLMED_TEST_JUDGE_KEY"}},
              "reward": {"_component_": "reward.similarity.ReferenceSimilarity", "metric": "rouge_l"}},
@@ -78,12 +80,25 @@ def test_evaluate_compares_models_on_every_metric_family_and_writes_the_report(t
     assert not list((stage_dir / "generations").glob("*.rank*.jsonl"))  # one process: no rank shards
     report = (stage_dir / "report.md").read_text(encoding="utf-8")
     assert "sft" in report and "other" in report and "mcq/accuracy" in report
+    # sft started from `other`, so "What each stage did" compares the two, on the first choice set's accuracy.
+    (effect,) = results["stage_effects"]
+    assert (effect["stage"], effect["compared_with"], effect["target"]) == ("sft", "other", "mcq/accuracy")
+    assert effect["verdict"] == "too few rows" and effect["n"] == 2  # two rows: an interval, no verdict
+    assert report.index("## What each stage did") < report.index("## Models")
+    assert set(results["comparisons"]["sft"]) == set(results["metrics"]["sft"]) | set(results["reward"]["sft"])
+    assert results["breakdowns"]["red_flag"]["true"]["n"] == {"dialogues": 1}
+    assert list(results["breakdowns"]["condition"]) == ["发热", "咳嗽"]
+    assert [g.get("tags") for g in generations if g["set"] == "dialogues"] == [
+        {"condition": "发热", "red_flag": True}, {"condition": "咳嗽", "red_flag": False}]
     m = manifest(tmp_path, "eval")["metrics"]
     assert m["contaminated_rows"] == 1 and m["contamination"][0]["source"] == f"{train}:1"
     table = [json.loads(line) for line in (stage_dir / "tables" / "comparison.jsonl").open(encoding="utf-8")]
     assert {row["model"] for row in table} == {"sft", "other"}
     pairwise = [json.loads(line) for line in (stage_dir / "tables" / "pairwise.jsonl").open(encoding="utf-8")]
     assert [(r["model"], r["tie"]) for r in pairwise] == [("sft", 2)]
+    versus = [json.loads(line) for line in (stage_dir / "tables" / "vs_baseline.jsonl").open(encoding="utf-8")]
+    assert {(r["model"], r["baseline"]) for r in versus} == {("sft", "other")} and len(versus) == len(
+        results["comparisons"]["sft"])
 
 
 def test_meds_ins_template_lays_out_the_solved_cases(tmp_path, tiny_model):
@@ -98,13 +113,22 @@ def test_meds_ins_template_lays_out_the_solved_cases(tmp_path, tiny_model):
     assert "Please learn from the few-shot cases to see what content you have to output. Input: 手足口病" in prompt
 
 
+# A composite reward, so rows carry parts ("rules.referral": the first dialogue names a red flag, 三天).
+PARTS_REWARD = {"_component_": "reward.composite.Composite", "normalize": "none", "sources": [
+    {"_component_": "reward.similarity.ReferenceSimilarity", "metric": "char_f1"},
+    {"_component_": "reward.rules.Rules", "red_flag_terms": ["三天"], "referral_phrases": ["医院"]}]}
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_model):
-    """One evaluate run (all three set kinds, a reward source), shared: each test edits its own copy."""
+    """One evaluate run (all three set kinds, two models, a composite reward source, breakdowns by condition and
+    red_flag), shared: each test edits its own copy."""
     tmp_path = tmp_path_factory.mktemp("evaluated")
-    stage = {"id": "eval", "kind": "evaluate", "inputs": {"models": [str(tiny_model)], "data": eval_sets(tmp_path)},
-             "args": {"max_new_tokens": 8},
-             "reward": {"_component_": "reward.similarity.ReferenceSimilarity", "metric": "char_f1"}}
+    other = tmp_path / "other" / "model"
+    shutil.copytree(tiny_model, other)
+    stage = {"id": "eval", "kind": "evaluate",
+             "inputs": {"models": [str(tiny_model), str(other)], "data": eval_sets(tmp_path)},
+             "args": {"max_new_tokens": 8, "breakdown_by": ["condition", "red_flag"]}, "reward": PARTS_REWARD}
     assert run_recipe(tmp_path, [stage]) == 0
     return tmp_path / "run", tiny_model.parent.name
 
@@ -178,3 +202,39 @@ def test_report_recompute_names_the_broken_generations_file(evaluated, tmp_path,
     if damage in ("older", "missing"):
         assert "re-run the evaluate stage" in err and "--only eval" in err
     assert (run_dir / "eval" / "results.json").read_bytes() == results  # nothing written on failure
+
+
+STATISTICS = ("comparisons", "breakdowns", "stage_effects", "reward")
+
+
+def test_report_recompute_reproduces_the_intervals_and_follows_edited_rows(evaluated, tmp_path):
+    run_dir, _, _ = _copy_run(evaluated, tmp_path)
+    results_path = run_dir / "eval" / "results.json"
+    before = json.loads(results_path.read_text(encoding="utf-8"))
+    assert before["statistics"]["seed"] == 1 and before["statistics"]["resamples"] == 2000  # the recipe's seed
+    # Rows carry the reward parts, and results their means, per set and per breakdown group.
+    assert "dialogues/reward.rules.referral" in before["reward"]["other"]
+    red = before["breakdowns"]["red_flag"]["true"]
+    assert red["n"] == {"dialogues": 1} and "dialogues/reward.rules.referral" in red["metrics"]["other"]
+    assert "dialogues/reward.rules.referral" in before["comparisons"]["other"]
+
+    assert main(["report", str(run_dir), "--recompute"]) == 0
+    again = json.loads(results_path.read_text(encoding="utf-8"))
+    assert {k: again[k] for k in STATISTICS} == {k: before[k] for k in STATISTICS}  # the same draws: exactly
+
+    path = run_dir / "eval" / "generations" / "other.jsonl"
+    rows = _rows(path)
+    first = next(r for r in rows if r["set"] == "dialogues")
+    first["answer"] = first["reference"]  # a perfect answer where the copy of the baseline answered as it did
+    first["reward_parts"]["rules.referral"] = 1.0 - first["reward_parts"]["rules.referral"]
+    _write_rows(path, rows)
+    assert main(["report", str(run_dir), "--recompute"]) == 0
+    edited = json.loads(results_path.read_text(encoding="utf-8"))
+    rouge = edited["comparisons"]["other"]["dialogues/rouge_l"]
+    assert rouge["diff"] > 0 and rouge != before["comparisons"]["other"]["dialogues/rouge_l"]
+    referral = "dialogues/reward.rules.referral"
+    assert edited["reward"]["other"][referral] != before["reward"]["other"][referral]  # parts read from the rows
+    assert edited["comparisons"]["other"][referral]["diff"] == pytest.approx(
+        edited["reward"]["other"][referral] - edited["reward"][before["baseline"]][referral])
+    group = edited["breakdowns"]["red_flag"]["true"]["comparisons"]["other"]["dialogues/rouge_l"]
+    assert group["diff"] > 0

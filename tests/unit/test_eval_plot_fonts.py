@@ -67,7 +67,7 @@ def test_cjk_labels_without_a_cjk_font_warn_once_and_silence_glyph_warnings(tmp_
 
 
 def test_glyph_warnings_stay_when_the_labels_have_no_cjk(no_cjk_font, caplog):
-    from rlmed.eval.report import _figure
+    from rlmed.eval.plots import _figure
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -33,6 +33,37 @@ RESULTS = {
                "ppo": {"dialogues/reward_mean": 0.83}},
     "contamination": [{"eval_set": "dialogues", "row": 3, "kind": "exact", "source": "data/x.jsonl:12",
                        "similarity": 1.0}],
+    # As rlmed.eval.statistics writes them (values made up; the report judges nothing, it shows these).
+    "statistics": {"resamples": 2000, "seed": 42, "confidence": 0.95, "min_rows": 10},
+    "comparisons": {
+        "sft": {"mcq/accuracy": {"diff": 10.0, "low": 2.5, "high": 17.5, "n": 30, "significant": True,
+                                 "verdict": "better", "lower_is_better": False},
+                "dialogues/perplexity": {"diff": -19.0, "low": -25.0, "high": -12.0, "n": 40, "significant": True,
+                                         "verdict": "better", "lower_is_better": True}},
+        "ppo": {"mcq/accuracy": {"diff": 8.0, "low": -1.0, "high": 16.0, "n": 30, "significant": False,
+                                 "verdict": "no clear change", "lower_is_better": False}}},
+    "breakdowns": {"red_flag": {"true": {
+        "n": {"dialogues": 12},
+        "metrics": {"base": {"dialogues/reward.rules.referral": 0.25}, "sft": {"dialogues/reward.rules.referral": 0.5},
+                    "ppo": {"dialogues/reward.rules.referral": 0.75}},
+        "comparisons": {m: {"dialogues/reward.rules.referral": {"diff": d, "low": d - 0.25, "high": d + 0.25, "n": 12,
+                                                                "significant": m == "ppo", "verdict": v}}
+                        for m, d, v in (("sft", 0.25, "no clear change"), ("ppo", 0.5, "better"))}}}},
+    "stage_effects": [
+        {"stage": "base", "kind": "tiny_model", "model": "base", "target": "mcq/accuracy", "value": 25.0,
+         "compared_with": None, "change": None, "low": None, "high": None, "verdict": "—",
+         "note": "no evaluated model before it to compare with"},
+        {"stage": "sft", "kind": "sft", "model": "sft", "target": "mcq/accuracy", "compared_with": "base",
+         "value": 35.0, "compared_value": 25.0, "change": 10.0, "low": 2.5, "high": 17.5, "n": 30,
+         "verdict": "better", "method": "paired bootstrap"},
+        {"stage": "rm", "kind": "reward_model", "target": "eval_pairwise_accuracy", "compared_with": "chance (0.5)",
+         "value": 0.55, "compared_value": 0.5, "change": 0.05, "low": -0.08, "high": 0.17, "n": 60,
+         "verdict": "no clear change", "method": "Wilson score interval"},
+        {"stage": "ppo", "kind": "ppo", "model": "ppo", "target": "dialogues/reward_mean", "compared_with": "sft",
+         "value": 0.83, "compared_value": 0.61, "change": 0.22, "low": -0.05, "high": 0.5, "n": 40,
+         "verdict": "no clear change", "method": "paired bootstrap"},
+        {"stage": "feedback", "kind": "ai_feedback", "target": None, "produced": {"pairs": 120, "score_mean": 0.71},
+         "verdict": "—", "note": "not measured here: its model, if any, was not evaluated"}],
 }
 METRICS = ["dialogues/bleu_1", "dialogues/rouge_l", "dialogues/perplexity", "dialogues/reward_mean", "mcq/accuracy",
            "kb/hit_rate_1"]
@@ -109,6 +140,41 @@ def test_comparison_table_lists_every_model_and_metric(rendered):
     assert f"`rlmed report {run_dir}` regenerates it" in text
 
 
+def test_what_each_stage_did_comes_first_with_its_computed_verdicts(rendered):
+    _, _, text = rendered
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert headings[:2] == [headings[0], "## What each stage did"] and headings[0].startswith("# Evaluation report")
+    rows = _table_rows(_section(text, "What each stage did"))
+    assert rows[0] == ["stage", "kind", "target measure", "compared with", "change", "95% interval", "verdict"]
+    by_stage = {r[0]: r for r in rows[1:]}
+    assert list(by_stage) == ["base", "sft", "rm", "ppo", "feedback"]  # results.json's order
+    assert by_stage["sft"][2:] == ["mcq/accuracy", "base", "+10.00 (25.00 → 35.00)", "[+2.50, +17.50], n=30",
+                                   "better"]
+    assert by_stage["rm"][3] == "chance (0.5)" and by_stage["rm"][5].endswith("(Wilson)")
+    assert by_stage["rm"][6] == "no clear change" and by_stage["ppo"][6] == "no clear change"
+    assert by_stage["base"][3:] == ["—", "25.00 (no comparison)", "—",
+                                    "— (no evaluated model before it to compare with)"]
+    assert by_stage["feedback"][2] == "produced: pairs=120, score_mean=0.71" and by_stage["feedback"][5] == "—"
+    assert "paired bootstrap over the eval rows (2000 resamples, seed 42" in _section(text, "What each stage did")
+
+
+def test_against_the_baseline_shows_change_interval_and_verdict(rendered):
+    _, _, text = rendered
+    rows = _table_rows(_section(text, "Against the baseline"))
+    assert rows[0] == ["metric", "base (baseline)", "sft − base", "ppo − base"]
+    by_metric = {r[0]: r[1:] for r in rows[1:]}
+    assert by_metric["mcq/accuracy"] == ["25.00", "+10.00 [+2.50, +17.50] better", "+8.00 [-1.00, +16.00] no clear change"]
+    assert by_metric["dialogues/perplexity ↓"] == ["30.00", "-19.00 [-25.00, -12.00] better", "—"]
+
+
+def test_breakdowns_show_each_group_against_the_baseline(rendered):
+    _, _, text = rendered
+    rows = _table_rows(_section(text, "Breakdowns"))
+    assert rows[0] == ["red_flag", "n", "metric", "base (baseline)", "sft", "ppo"]
+    assert rows[1] == ["true", "12", "dialogues/reward.rules.referral", "0.25", "0.5 (+0.25 [0, +0.5] no clear change)",
+                       "0.75 (+0.5 [+0.25, +0.75] better)"]
+
+
 def test_pairwise_table_has_the_counts(rendered):
     _, _, text = rendered
     rows = _table_rows(_section(text, "Pairwise judgement"))
@@ -157,6 +223,14 @@ def test_tables_match_the_report(rendered):
     assert out["pairwise"][1][0] == ["sft", "base", 10, 25, 5, 0, 40, 0.25]
     assert out["contamination"][1] == [["dialogues", 3, "exact", "data/x.jsonl:12", 1.0]]
     assert out["contamination_by_set"][1] == [["dialogues", 40, 1], ["mcq", 30, 0], ["kb", 20, 0]]
+    columns, rows = out["vs_baseline"]
+    assert dict(zip(columns, rows[0])) == {
+        "model": "sft", "baseline": "base", "metric": "mcq/accuracy", "value": 35.0, "baseline_value": 25.0,
+        "diff": 10.0, "low": 2.5, "high": 17.5, "n": 30, "significant": True, "verdict": "better"}
+    columns, rows = out["stage_effects"]
+    assert [r[0] for r in rows] == ["base", "sft", "rm", "ppo", "feedback"] and "verdict" in columns
+    columns, rows = out["breakdowns"]
+    assert [dict(zip(columns, r))["mean"] for r in rows] == [0.25, 0.5, 0.75]
 
 
 def test_rerender_overwrites_cleanly(tmp_path):
@@ -214,6 +288,9 @@ def test_main_report_renders_each_evaluate_stage(tmp_path):
     (run_dir / "eval_b" / "results.json").write_text(json.dumps(small), encoding="utf-8")
     written = main_report(run_dir)
     assert run_dir / "eval" / "report.md" in written and run_dir / "eval_b" / "report.md" in written
+    # A results.json from before the statistics existed still renders, and says how to get them.
+    older = (run_dir / "eval_b" / "report.md").read_text(encoding="utf-8")
+    assert "has no stage_effects" in older and "rlmed report --recompute" in older
 
 
 def test_main_report_without_evaluate_stage_says_so(tmp_path):
