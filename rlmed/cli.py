@@ -20,6 +20,9 @@ def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--from", dest="start_from", metavar="ID",
                         help="re-run this stage and every later one; earlier stages must have completed")
     parser.add_argument("--run-dir", type=Path, help="write the run here instead of the recipe's run_dir")
+    parser.add_argument("--control", choices=["shuffled-rewards"], default=None,
+                        help="run a control instead: every training reward shuffled across its samples, written "
+                             "to <run_dir>-shuffled-rewards (see rlmed.control)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the recipe and print the stage plan; load nothing, train nothing")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
@@ -73,7 +76,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
-        recipe = load_recipe(args.recipe, run_dir=args.run_dir)
+        recipe = load_recipe(args.recipe, run_dir=args.run_dir, control=args.control)
     except RecipeError as exc:
         print(f"rlmed: the recipe has {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:

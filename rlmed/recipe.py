@@ -25,6 +25,7 @@ from rlmed.stages.base import StageSpec
 from rlmed.tracking import WandbSettings
 
 TOP_KEYS = {"name", "description", "run_dir", "defaults", "wandb", "stages"}
+EXTENSION_PREFIX = "x-"
 STAGE_KEYS = {"id", "kind", "description", "inputs", "args", "trainer", "callbacks", "reward"}
 ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 # Set by rlmed for every training stage; a recipe value would be silently overridden or break resume.
@@ -127,8 +128,9 @@ def _config_class(path: str) -> type:
     return _CONFIG_CLASSES[path]
 
 
-def load_recipe(path: str | Path, run_dir: str | Path | None = None) -> Recipe:
-    """Parse and validate a recipe file; raise RecipeError listing every problem."""
+def load_recipe(path: str | Path, run_dir: str | Path | None = None, control: str | None = None) -> Recipe:
+    """Parse and validate a recipe file; raise RecipeError listing every problem. `control` names a control
+    run (rlmed.control) to derive from the recipe, e.g. "shuffled-rewards"."""
     path = Path(path)
     where = str(path)
     try:
@@ -139,6 +141,13 @@ def load_recipe(path: str | Path, run_dir: str | Path | None = None) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise RecipeError([f"{where}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if control is not None:
+        from rlmed.control import apply_control
+
+        try:
+            raw = apply_control(raw, control)
+        except ValueError as exc:
+            raise RecipeError([f"{where}: --control: {exc}"]) from None
     return parse_recipe(raw, path, run_dir)
 
 
@@ -148,7 +157,8 @@ def parse_recipe(raw: Any, path: Path, run_dir: str | Path | None = None) -> Rec
     if not isinstance(raw, dict):
         raise RecipeError([f"{where}: expected a mapping with 'name' and 'stages', got {type(raw).__name__}"])
     for key in raw:
-        if key not in TOP_KEYS:
+        # "x-" keys are free: a place for YAML anchors that several stages share (`reward: *feedback_reward`).
+        if key not in TOP_KEYS and not str(key).startswith(EXTENSION_PREFIX):
             problems.append(f"{where}: {key}: unknown top-level key{_suggest(str(key), TOP_KEYS)}")
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
