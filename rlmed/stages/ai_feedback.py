@@ -106,14 +106,17 @@ def score_candidates(source: Any, candidates: list[dict[str, Any]]) -> list[dict
 
 
 def make_pairs(scored: list[dict[str, Any]], min_margin: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Best vs worst scored candidate per prompt; counts of what was dropped and why."""
+    """Best vs worst scored candidate per prompt; counts of what was dropped and why. An empty answer (the model
+    ended at once) is left out of pairing and counted: pairwise data with an empty reply is a bad row to the
+    stages that read it."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in scored:
         groups.setdefault(row["prompt_id"], []).append(row)
-    pairs, counts = [], {"ties": 0, "below_margin": 0, "too_few_scored": 0}
+    pairs, counts = [], {"ties": 0, "below_margin": 0, "too_few_scored": 0, "empty_answers": 0}
     for rows in groups.values():
-        valid = sorted((r for r in rows if r["score"] is not None and math.isfinite(r["score"])),
-                       key=lambda r: r["score"])
+        counts["empty_answers"] += sum(not r["completion"].strip() for r in rows)
+        valid = sorted((r for r in rows if r["score"] is not None and math.isfinite(r["score"])
+                        and r["completion"].strip()), key=lambda r: r["score"])
         if len(valid) < 2:
             counts["too_few_scored"] += 1
             continue

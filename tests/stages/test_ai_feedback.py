@@ -54,3 +54,16 @@ def test_pairs_feed_the_pairwise_reader(tmp_path, tiny_model):
     assert run_recipe(tmp_path, [feedback(str(tiny_model), reward, min_margin=0.01)]) == 0
     pairs = read_records(tmp_path / "run" / "fb" / "pairs.jsonl")
     assert pairs and all(as_pair(r).chosen != as_pair(r).rejected for r in pairs)
+
+
+def test_an_empty_answer_is_never_paired_and_is_counted():
+    from rlmed.stages.ai_feedback import make_pairs
+
+    def row(sample, completion, score):
+        return {"prompt_id": "p0", "sample": sample, "prompt": [{"role": "user", "content": "孩子发烧怎么办？"}],
+                "reference": "多喝水。", "completion": completion, "score": score}
+
+    scored = [row(0, "", -1.0), row(1, "多喝水，观察精神。", 0.2), row(2, "立即去急诊。", 0.9)]
+    pairs, counts = make_pairs(scored, min_margin=0.0)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("立即去急诊。", "多喝水，观察精神。")]
+    assert counts["empty_answers"] == 1
