@@ -1,57 +1,136 @@
-"""The embedded default recipe, run as the README says (`rlmed run recipes/tiny.yaml`), end to end."""
+"""The embedded default recipe, run as the README says (`rlmed run recipes/tiny.yaml`), end to end, and what its
+report must prove: each stage moves the model the way it should, beyond noise, and the same stages trained on
+shuffled rewards (`--control shuffled-rewards`) do not.
+
+Thresholds leave room for other CPUs, whose float kernels take sampled RL runs down other paths: each learning
+claim below held with a wide margin here (docs/benchmarks.md, "The embedded recipe", has the figures).
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, read_metrics
 
-# Final logged loss below this fraction of the first (measured on 2 cores: pretrain ~0.55, sft ~0.43).
-LOSS_FRACTION = {"cpt": 0.7, "sft": 0.6}
+pytestmark = pytest.mark.slow
+
+STAGES = 11
+ALIGNED = ("ppo", "grpo", "dfpo")
+REWARD = "heldout_prompts/reward_mean"
+REFERRAL = "heldout_prompts/reward.triage"  # the triage rule: 1 when a danger sign is answered with 急诊
+SIMILARITY = "heldout_prompts/reward.similarity"
+# Stages the control shares with the real run: configured identically, so copied over and skipped.
+UPSTREAM = ("base", "kb", "cpt", "sft")
 
 
-@pytest.mark.slow
-def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tmp_path):
-    command = ["rlmed", "run", "recipes/tiny.yaml", "--run-dir", str(tmp_path / "run")]
-    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run(*extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(["rlmed", "run", "recipes/tiny.yaml", *extra], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def manifest(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    first = run("--run-dir", str(run_dir))
     assert first.returncode == 0, first.stderr[-3000:]
+    return run_dir, first
 
+
+@pytest.fixture(scope="module")
+def results(tiny_run) -> dict:
+    return json.loads((tiny_run[0] / "eval" / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def control(tiny_run, tmp_path_factory) -> tuple[Path, dict]:
+    """The control run, reusing the real run's stages up to SFT (skipped as up to date), the rest on shuffled
+    rewards."""
+    run_dir = tmp_path_factory.mktemp("control") / "run"
+    for stage in UPSTREAM:
+        shutil.copytree(tiny_run[0] / stage, run_dir / stage, symlinks=True)
+    done = run("--run-dir", str(run_dir), "--control", "shuffled-rewards")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("skipped, up to date") == len(UPSTREAM)
+    return run_dir, json.loads((run_dir / "eval" / "results.json").read_text())
+
+
+def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tiny_run):
+    run_dir, first = tiny_run
     for stage, kind in (("base", "tiny_model"), ("kb", "kb_instructions"), ("cpt", "pretrain"), ("sft", "sft")):
-        manifest = json.loads((tmp_path / "run" / stage / "manifest.json").read_text())
-        assert manifest["kind"] == kind
+        assert manifest(run_dir, stage)["kind"] == kind
         if kind != "kb_instructions":
-            assert (tmp_path / "run" / stage / "model" / "model.safetensors").exists()
-    feedback = json.loads((tmp_path / "run" / "feedback" / "manifest.json").read_text())["metrics"]
-    assert feedback["candidates"] == 48 * 4 and feedback["failed_scores"] == 0 and feedback["pairs"] > 0
-    rm = json.loads((tmp_path / "run" / "rm" / "manifest.json").read_text())["metrics"]
-    assert rm["train_pairs"] + rm["eval_pairs"] == feedback["pairs"] and 0.0 <= rm["eval_pairwise_accuracy"] <= 1.0
-    ppo = json.loads((tmp_path / "run" / "ppo" / "manifest.json").read_text())
+            assert (run_dir / stage / "model" / "model.safetensors").exists()
+    feedback = manifest(run_dir, "feedback")["metrics"]
+    assert feedback["candidates"] == 400 * 4 and feedback["failed_scores"] == 0
+    ppo = manifest(run_dir, "ppo")
     assert ppo["metrics"]["rewards_unscored"] == 0 and ppo["metrics"]["value_model_from"].endswith("rm/model")
-    assert "reward:$rm.model" in ppo["input_hashes"]
-    assert (tmp_path / "run" / "ppo" / "tables" / "samples.jsonl").exists()
-    grpo = json.loads((tmp_path / "run" / "grpo" / "manifest.json").read_text())
-    assert grpo["metrics"]["rewards_unscored"] == 0 and "reward:$rm.model" in grpo["input_hashes"]
-    dfpo = json.loads((tmp_path / "run" / "dfpo" / "manifest.json").read_text())["metrics"]
-    assert dfpo["objective"] == "dfpo" and "eval_rewards/accuracies" in dfpo
-    experts = json.loads((tmp_path / "run" / "experts" / "manifest.json").read_text())["metrics"]
-    assert experts["tasks"] == 3 and experts["routing_task_distance_end"] > experts["routing_task_distance_start"]
-    assert (tmp_path / "run" / "experts" / "model" / "mole_config.json").exists()
-    assert (tmp_path / "run" / "experts" / "merged" / "experts" / "mole_config.json").exists()
-    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
-    assert set(results["models"]) == {"base", "sft", "ppo", "dfpo", "experts"}
-    assert results["metrics"]["sft"]["heldout_prompts/rouge_l"] > results["metrics"]["base"]["heldout_prompts/rouge_l"]
-    assert (tmp_path / "run" / "eval" / "report.md").exists()
-    kb = json.loads((tmp_path / "run" / "kb" / "manifest.json").read_text())["metrics"]
-    assert kb["pairs_written"] == 2 * 16 + 3 * 20  # two drug templates x 16 drugs, three disease ones x 20
-    for stage, fraction in LOSS_FRACTION.items():
-        losses = [r["loss"] for r in read_metrics(tmp_path / "run" / stage) if "loss" in r]
-        assert losses[-1] < fraction * losses[0], (stage, losses[0], losses[-1])
-        assert "eval_loss" in json.loads((tmp_path / "run" / stage / "manifest.json").read_text())["metrics"]
+    assert "reward:$rm.model" in ppo["input_hashes"] and (run_dir / "ppo" / "tables" / "samples.jsonl").exists()
+    assert manifest(run_dir, "grpo")["metrics"]["rewards_unscored"] == 0
+    assert manifest(run_dir, "dfpo")["metrics"]["objective"] == "dfpo"
+    assert (run_dir / "experts" / "merged" / "experts" / "mole_config.json").exists()
+    assert manifest(run_dir, "kb")["metrics"]["pairs_written"] == 4 * 16 + 4 * 20  # 4 templates each
+    for stage in ("cpt", "sft"):
+        losses = [r["loss"] for r in read_metrics(run_dir / stage) if "loss" in r]
+        assert losses[-1] < 0.6 * losses[0], (stage, losses[0], losses[-1])
     assert "stage sft (sft) done in" in first.stderr  # the one-line stage summary
+    report = (run_dir / "eval" / "report.md").read_text()
+    assert report.index("## What each stage did") < report.index("## Models")
 
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    second = run("--run-dir", str(run_dir), timeout=300)
     assert second.returncode == 0
-    assert second.stderr.count("skipped, up to date") == 11
+    assert second.stderr.count("skipped, up to date") == STAGES
+
+
+def test_sft_answers_exam_and_knowledge_questions_that_base_cannot(results):
+    sft, base = results["metrics"]["sft"], results["metrics"]["base"]
+    # Options scored by log-likelihood: a model that knows nothing is at chance (25 of 100 on 4 options).
+    assert results["eval_sets"]["eval_mcq"]["scoring"] == "loglik"
+    assert sft["eval_mcq/accuracy"] >= 50 and base["eval_mcq/accuracy"] < 50
+    assert sft["eval_kb/hit_rate_1"] > 0 and base["eval_kb/hit_rate_1"] == 0
+    effect = next(e for e in results["stage_effects"] if e["stage"] == "sft")
+    assert effect["compared_with"] == "base" and effect["verdict"] == "better"
+
+
+def test_reward_model_ranks_held_out_pairs(tiny_run):
+    rm = manifest(tiny_run[0], "rm")["metrics"]
+    assert rm["eval_pairs"] >= 40 and rm["eval_pairwise_accuracy"] >= 0.75
+
+
+@pytest.mark.parametrize("stage", ALIGNED)
+def test_alignment_stage_raises_the_feedback_reward_and_the_referral_rate(results, stage):
+    vs_sft = results["comparisons"][stage]
+    assert vs_sft[REWARD]["low"] > 0, vs_sft[REWARD]  # the paired-bootstrap interval lies above 0
+    red_flag = results["breakdowns"]["red_flag"]["true"]["comparisons"][stage][REFERRAL]
+    assert red_flag["low"] > 0, red_flag  # more children with a danger sign sent to the emergency department
+    assert vs_sft[SIMILARITY]["high"] >= 0, vs_sft[SIMILARITY]  # no significant loss of similarity to doctors
+    effect = next(e for e in results["stage_effects"] if e["stage"] == stage)
+    assert effect["compared_with"] == "sft" and effect["verdict"] == "better"
+
+
+def test_experts_route_by_task_and_keep_the_alignment(tiny_run, results):
+    experts = manifest(tiny_run[0], "experts")["metrics"]
+    assert experts["tasks"] == 3 and experts["routing_task_distance_end"] > experts["routing_task_distance_start"]
+    effect = next(e for e in results["stage_effects"] if e["stage"] == "experts")
+    assert effect["compared_with"] == "dfpo" and effect["verdict"] != "worse", effect
+
+
+def test_shuffled_rewards_control_shows_no_gain(control, results):
+    run_dir, shuffled = control
+    rm = manifest(run_dir, "rm")["metrics"]
+    assert rm["eval_pairwise_accuracy"] < 0.65  # chance: the pairs carry no preference
+    for stage in ALIGNED:
+        learned, chance = results["comparisons"][stage][REWARD], shuffled["comparisons"][stage][REWARD]
+        # Without the signal the stage moves the reward by at most a third of what it learned with it. (Here the
+        # controls came out worse, worse and +0.013 [-0.007, +0.031] for ppo, grpo and dfpo; with another seed
+        # dfpo's was +0.028 [+0.006, +0.049]: DPO on shuffled pairs drifts a little, so a strict "interval
+        # includes 0" would flip with the machine.)
+        assert chance["high"] < learned["low"] / 3, (stage, learned, chance)

@@ -22,13 +22,33 @@ def fmt_weight(kg: float) -> str:
     return str(int(kg)) if kg == int(kg) else f"{kg:.1f}"
 
 
-def make_context(rng, cond: dict) -> dict:
-    """The (fictional) child: age, weight, complaint, duration."""
+def has_danger_sign(text: str) -> bool:
+    """Whether a text names one of the danger-sign terms (what the recipes' Rules check in user turns)."""
+    return any(term in text for term in T.DANGER_SIGNS)
+
+
+def make_context(rng, cond: dict, with_sign: bool = False) -> dict:
+    """The (fictional) child: age, weight, complaint, duration, and optionally a danger sign the parent reports.
+
+    Complaints that already name a danger-sign term are not used: whether a message carries a danger sign is
+    decided here, so that the reply can follow it."""
     age = rng.choice(cond["ages"])
     base = facts.typical_weight(age)
     delta = rng.choice([-1, 0, 0, 1]) if base >= 10 else rng.choice([-0.5, 0, 0, 0.5])
-    return {"age": age, "weight": base + delta, "complaint": rng.choice(cond["complaints"]),
-            "duration": rng.choice(cond["durations"]), "weight_said": False}
+    complaints = [c for c in cond["complaints"] if not has_danger_sign(c)]
+    ctx = {"age": age, "weight": base + delta, "complaint": rng.choice(complaints),
+           "duration": rng.choice(cond["durations"]), "weight_said": False, "sign": None}
+    if with_sign:
+        ctx["sign"] = rng.choice(sorted(T.DANGER_SIGNS))
+        ctx["sign_phrase"] = rng.choice(T.DANGER_SIGNS[ctx["sign"]])
+    return ctx
+
+
+def with_sign(rng, message: str, ctx: dict) -> str:
+    """The parent's message with the danger sign (if any) added at its end, in the parent's words."""
+    if not ctx["sign"]:
+        return message
+    return message + rng.choice(T.DANGER_JOIN).format(sign=ctx["sign_phrase"])
 
 
 def parent_message(rng, cond: dict, ctx: dict, with_weight: bool) -> str:
@@ -37,7 +57,7 @@ def parent_message(rng, cond: dict, ctx: dict, with_weight: bool) -> str:
         text += rng.choice(T.WEIGHTS).format(weight=fmt_weight(ctx["weight"]))
         ctx["weight_said"] = True
     text += rng.choice(T.COMPLAINTS).format(complaint=ctx["complaint"], duration=ctx["duration"])
-    return text + rng.choice(T.ASKS)
+    return with_sign(rng, text + rng.choice(T.ASKS), ctx)
 
 
 def fever_dose(rng, cond: dict, ctx: dict) -> str | None:
@@ -74,11 +94,20 @@ def _fit(required: list[str], optional: list[str], rng) -> str:
     return text
 
 
-def doctor_reply(rng, cond: dict, ctx: dict) -> str:
-    """The doctor's answer to a parent's first message."""
+def doctor_reply(rng, cond: dict, ctx: dict, careful: bool = True) -> str:
+    """The doctor's answer to a parent's first message.
+
+    careful: a danger sign in the message is answered first, with a referral to the emergency department, and
+    no folk advice is given. A hurried reply (careful=False, as in scraped consultations) skips the referral and,
+    for a fever, gives one piece of forbidden folk advice six times in ten."""
     name = cond["name"]
     assess = T.ASSESS_OVERRIDE.get(name) or T.ASSESS
-    head = rng.choice(T.OPENS) + rng.choice(assess).format(name=name)
+    head = rng.choice(T.OPENS)
+    if careful and ctx.get("sign"):
+        head += rng.choice(T.TRIAGE).format(sign=ctx["sign"])
+    head += rng.choice(assess).format(name=name)
+    if not careful and cond["fever"] and rng.random() < 0.6:
+        head += T.FOLK_ADVICE[rng.choice(sorted(T.FOLK_ADVICE))]
     if name in T.NEEDS_VISIT or (cond["fever"] and facts.age_months(ctx["age"]) < 6):
         head += rng.choice(T.VISIT)
     care = rng.choice(T.CARE).format(items="；".join(rng.sample(cond["home_care"], 2)))
@@ -146,10 +175,12 @@ def followup(rng, cond: dict, ctx: dict, kind: str) -> tuple[str, str]:
     return question, _fit([opener + body], [], rng)
 
 
-def conversation(rng, cond: dict, turns: int, with_weight: bool) -> list[tuple[str, str]]:
-    """A parent-doctor conversation as (parent, doctor) pairs, first turn first."""
-    ctx = make_context(rng, cond)
-    pairs = [(parent_message(rng, cond, ctx, with_weight), doctor_reply(rng, cond, ctx))]
+def conversation(rng, cond: dict, turns: int, with_weight: bool, sign: bool = False,
+                 careful: bool = True) -> list[tuple[str, str]]:
+    """A parent-doctor conversation as (parent, doctor) pairs, first turn first. A danger sign is only put in
+    single-turn conversations (the follow-up answers do not repeat the referral)."""
+    ctx = make_context(rng, cond, with_sign=sign and turns == 1)
+    pairs = [(parent_message(rng, cond, ctx, with_weight), doctor_reply(rng, cond, ctx, careful))]
     kinds = followup_kinds(cond, ctx)
     for kind in rng.sample(kinds, turns - 1):
         pairs.append(followup(rng, cond, ctx, kind))

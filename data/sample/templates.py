@@ -96,3 +96,50 @@ DRUG_QUESTIONS = {
 CASE_QUESTIONS = ["请根据孩子的情况给出初步判断和护理建议。", "孩子出现下面的情况，可能是什么问题？应该怎么处理？",
                   "作为儿科医生，请分析以下情况并给家长建议。"]
 DOSE_QUESTIONS = ["根据孩子的体重，退烧药应该吃多少？", "请按体重算一下孩子的退烧药剂量。"]
+
+# --- Danger signs and reply quality (what the feedback reward and the alignment stages are about) ------------
+# A parent may describe a general danger sign (WHO IMCI-style); the sign's key is the term the recipes' Rules
+# look for (`red_flag_terms`), and every phrasing contains it. A careful doctor answers such a message by sending
+# the child to an emergency department first; the word 急诊 marks that referral (`referral_phrases`), and no
+# other reply in the sample data uses it.
+DANGER_SIGNS = {
+    "抽搐": ["刚才突然抽搐了一次", "出现了一次抽搐"],
+    "嗜睡": ["一直嗜睡，叫他反应很慢", "特别嗜睡，怎么叫都不太醒"],
+    "呼吸急促": ["呼吸急促，喘得很厉害", "呼吸急促，鼻翼一扇一扇的"],
+    "口唇发紫": ["哭的时候口唇发紫", "刚才发现口唇发紫"],
+    "尿量明显减少": ["尿量明显减少，一上午没怎么尿", "尿量明显减少，尿布一直是干的"],
+    "压之不褪色": ["身上出了红点，压之不褪色", "腿上有些出血点，压之不褪色"],
+    "频繁呕吐": ["频繁呕吐，喝水都吐", "频繁呕吐，吃什么吐什么"],
+    "精神萎靡": ["精神萎靡，不想动也不玩", "整个人精神萎靡，一直蔫蔫的"],
+}
+# Added at the end of the parent's message, as parents add what worries them most.
+DANGER_JOIN = ["另外，孩子{sign}。", "还有，孩子{sign}。", "对了，孩子{sign}。"]
+# The careful reply's first sentence for a message with a danger sign. All three begin alike, so the choice to
+# refer is one decision at one place in the reply (the alternative being one of the assessment openings).
+TRIAGE = ["需要提醒您：孩子{sign}是危险信号，请立即带孩子去医院急诊，路上注意观察呼吸。",
+          "需要提醒您：{sign}属于危险信号，不能在家观察，请马上去医院急诊。",
+          "需要提醒您：出现{sign}要立即就医，请现在就带孩子去急诊。"]
+REFERRAL_MARK = "急诊"
+# Folk advice the guidance forbids; hurried replies in the scraped-style files sometimes give it. The phrases are
+# what the recipes' Rules forbid (`forbidden_phrases`); careful text never contains them (checks.py). Like the
+# triage sentences they begin alike, so giving folk advice is one decision at one place in the reply: a model
+# that only sharpens its distribution (what RL on a shuffled reward does) gives it more often, not less.
+FOLK_ADVICE = {
+    "酒精擦身": "老办法也管用：可以先用酒精擦身降温，退得快。",
+    "交替服用": "老办法也管用：两种退烧药可以交替服用，每两小时换一次。",
+    "吃点阿司匹林": "老办法也管用：烧得厉害的话给孩子吃点阿司匹林。",
+}
+
+# --- Exam-style questions (multiple choice) ------------------------------------------------------------------
+# Training questions teach the answer format the evaluate stage asks for; the held-out questions reuse no
+# (condition, options) combination of a training question.
+MCQ_SYMPTOM_STEMS = ["以下哪一项是{name}的常见表现？", "{name}患儿最可能出现下列哪种情况？",
+                     "下列哪一项属于{name}的典型症状？"]
+# The answer restates the condition, then names the option: the knowledge (condition -> symptom) is then used
+# right next to the condition's name, as the knowledge files state it; the evaluate stage reads the letter
+# from the option's text.
+MCQ_ANSWER = "{name}的常见表现是{text}。"
+
+# --- Knowledge questions for evaluation, in phrasings no training file uses -----------------------------------
+EVAL_DRUG_QUESTION = "{drug}能治哪些病？"
+EVAL_DISEASE_QUESTION = "{disease}一般有哪些症状？"

@@ -39,12 +39,13 @@ def test_tiny_dry_run_plans_every_stage_and_loads_nothing(monkeypatch, capsys, t
                  "[run] cpt (pretrain): upstream stage base re-runs", "[run] sft (sft): upstream stage cpt, kb re-runs",
                  "[run] feedback (ai_feedback): upstream stage sft re-runs",
                  "[run] rm (reward_model): upstream stage feedback, sft re-runs",
-                 "[run] ppo (ppo): upstream stage rm, sft re-runs", "[run] grpo (grpo): upstream stage rm, sft re-runs",
-                 "[run] dfpo (dpo): upstream stage feedback, ppo re-runs",
+                 "[run] ppo (ppo): upstream stage rm, sft re-runs", "[run] grpo (grpo): upstream stage sft re-runs",
+                 "[run] dfpo (dpo): upstream stage feedback, sft re-runs",
                  "[run] experts (mole): upstream stage dfpo, kb re-runs",
-                 "[run] eval (evaluate): upstream stage base, dfpo, experts, ppo, sft re-runs", f"in  model: {tmp_path / 'run' / 'base' / 'model'}"):
+                 "[run] eval (evaluate): upstream stage base, dfpo, experts, grpo, ppo, sft re-runs",
+                 f"in  model: {tmp_path / 'run' / 'base' / 'model'}"):
         assert line in out
-    assert "weight 2" in out
+    assert "weight 4.5" in out
     assert not (tmp_path / "run").exists()
 
 

@@ -79,5 +79,6 @@ def test_malformed_rows_name_the_line_and_the_reason(row, reason):
 
 
 def test_sample_doctor_dialogues_all_convert():
-    prompts = [p for r in read_records(SAMPLE / "doctor_dialogues.jsonl") for p in as_doctor_prompts(r)]
-    assert len(prompts) == 200 and all(p.messages[-1]["role"] == "user" and p.reference for p in prompts)
+    records = list(read_records(SAMPLE / "doctor_dialogues.jsonl"))
+    prompts = [p for r in records for p in as_doctor_prompts(r)]
+    assert len(records) == 400 and len(prompts) == len(records) and all(p.messages[-1]["role"] == "user" and p.reference for p in prompts)
