@@ -90,9 +90,9 @@ def _method_note(results: dict[str, Any]) -> str:
     resamples, seed = stats.get("resamples", RESAMPLES), stats.get("seed", "?")
     confidence = round(100 * float(stats.get("confidence", CONFIDENCE)))
     return (f"{confidence}% intervals: paired bootstrap over the eval rows ({resamples} resamples, seed {seed}; "
-            f"Distinct-n recomputed on each resample). A change is better or worse only when its interval excludes "
-            f"0 (for metrics marked ↓ a fall is better); below {stats.get('min_rows', MIN_ROWS)} paired rows: "
-            f"too few rows.")
+            f"Distinct-n recomputed on each resample, its interval moved by the resampling's bias). A change is "
+            f"better or worse only when its interval excludes 0 (for metrics marked ↓ a fall is better); "
+            f"below {stats.get('min_rows', MIN_ROWS)} paired rows: too few rows.")
 
 
 def _effect_cells(e: dict[str, Any]) -> list[Any]:
