@@ -3,8 +3,16 @@
 Over `openai.AsyncOpenAI` (with max_retries=0: every retry decision is made here) it adds bounded concurrency,
 requests/tokens-per-minute buckets, backoff with full jitter honouring Retry-After, re-asks of unparseable
 replies, a persistent cache and counters. It never invents a value: a request without a usable reply raises
-`JudgeError` (`chat`) or returns one (`chat_many`), and the caller makes that a `Score.failed`. The API key comes
-from an environment variable, goes only into the Authorization header, and is kept out of logs, reprs and errors.
+`JudgeError` (`chat`) or returns one (`chat_many`), and the caller makes that a `Score.failed`.
+
+Secrets: the API key comes from an environment variable and goes only into the Authorization header. Errors
+travel far (Score.error -> scored.jsonl, W&B tables, logs), so their text is redacted before it is cut (the key,
+any piece of it, Bearer/Authorization values, the URL's user-info and query) and they hold no request, response
+or original exception. Everything shown uses `public_url(base_url)`. The HTTP libraries' loggers, which print
+every URL with its credentials at INFO, are set to WARNING on import unless someone chose a level for them.
+
+Policy: the endpoint is checked against the host policy (reward.hosts) on construction, and every request sent
+can be recorded in an append-only audit log (reward.audit) without its text.
 """
 
 from __future__ import annotations
@@ -14,9 +22,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable, Generic, Sequence, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 from tqdm.auto import tqdm
@@ -26,8 +37,11 @@ try:  # the HTTP library this openai release is built on (httpx2), else the clas
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
 
+from .audit import AuditLog, canonical_body, check_masked
 from .cache import ChatCache
+from .hosts import check_endpoint
 from .ratelimit import TokenBucket, backoff_delay, estimate_tokens, retry_after_s
+from .urls import host_of, public_url, url_secrets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,17 +56,85 @@ class JudgeError(Exception):
         super().__init__(message)
         self.kind, self.status, self.attempts = kind, status, attempts
 
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only fields: the default pickling would lose them
+        return (_rebuild_judge_error, (str(self), self.kind, self.status, self.attempts))
+
+
+def _rebuild_judge_error(message: str, kind: str, status: int | None, attempts: int) -> JudgeError:
+    return JudgeError(message, kind=kind, status=status, attempts=attempts)
+
+
+# Credentials in free text: a Bearer/Basic token, and the value of an Authorization or API-key header or field,
+# in the forms servers echo them (`Authorization: Bearer x`, `"authorization": "Bearer x"`, `api-key=x`).
+_AUTH_VALUE = re.compile(r"""(?i)\b((?:proxy-)?authorization|x-api-key|api[-_]?key)(["']?\s*[:=]\s*["']?)"""
+                         r"""((?:bearer|basic|token)\s+)?[^\s"',;&}]+""")
+_TOKEN = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{4,}")
+_PIECE = 8  # a run of this many characters of a secret counts as a leak (keys are 40+ characters)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """`text` without `secrets`, nor any piece of one of at least 8 characters (a server may echo part of a
+    key), nor Bearer tokens and Authorization/API-key values. Redact the whole text before cutting it: cutting
+    first can leave most of a key that a plain replace no longer finds."""
+    spans: list[tuple[int, int]] = []
+    for secret in secrets:
+        if len(secret) < 4:  # too short to search for without mangling ordinary words
+            continue
+        pieces = {secret} if len(secret) < _PIECE else {secret[i:i + _PIECE] for i in range(len(secret) - 7)}
+        for piece in pieces:
+            start = text.find(piece)
+            while start != -1:
+                spans.append((start, start + len(piece)))
+                start = text.find(piece, start + 1)
+    if spans:  # merge the overlapping pieces into whole runs, each shown as one ***
+        spans.sort()
+        out, last = [], 0
+        for start, end in spans:
+            if start > last:
+                out.append(text[last:start])
+                out.append("***")
+            elif not out or out[-1] != "***":
+                out.append("***")
+            last = max(last, end)
+        text = "".join(out) + text[last:]
+    text = _AUTH_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    return _TOKEN.sub(lambda m: f"{m.group(1)} ***", text)
+
+
+class _PublicUrls(logging.Filter):
+    """Shows the URLs in the HTTP libraries' log records as public_url, for whoever turns those loggers back on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(public_url(str(a)) if type(a).__name__ == "URL" else a for a in record.args)
+        return True
+
+
+# httpx2 (what this openai is built on) and httpx log every request URL, user-info and query included, at INFO;
+# some openai releases log request options (bodies: patient text) at DEBUG. Applied on import so library users
+# are covered too; a level someone set (OPENAI_LOG, their own config) is theirs to keep. The filter sits on the
+# loggers that create the URL records (a parent's filters never see a child's records).
+for _name in ("httpx2", "httpx", "openai"):
+    _logger = logging.getLogger(_name)
+    if _logger.level == logging.NOTSET:
+        _logger.setLevel(logging.WARNING)
+    if _name != "openai" and not any(isinstance(f, _PublicUrls) for f in _logger.filters):
+        _logger.addFilter(_PublicUrls())
+
 
 @dataclass
 class ChatResult(Generic[T]):
     """text: the reply; parsed: parse(text) or None when no parser was given; usage: tokens billed for this
-    call over all its attempts (for a cache hit: the cached reply's usage); attempts: HTTP requests sent."""
+    call over all its attempts (for a cache hit: the cached reply's usage); attempts: HTTP requests sent;
+    finish_reason: the server's word for why the reply ended ("stop", "length", ...; None when it gave none;
+    "stop" for a cache hit, as only replies that ended so are cached)."""
 
     text: str
     parsed: T | None
     usage: dict[str, int]
     cached: bool
     attempts: int
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -63,6 +145,8 @@ class ChatRequest(Generic[T]):
     parse: Callable[[str], T] | None = None
     cache_namespace: str = ""
     sampling: dict[str, Any] = field(default_factory=dict)
+    record_id: str | None = None  # for the audit log: which record this request is about
+    masked: dict[str, int] | None = None  # for the audit log: identifiers masked in it, by category
 
 
 @dataclass
@@ -90,19 +174,31 @@ class ChatStats:
 class _LoopState:
     """Asyncio objects are bound to one event loop; a client reused across `asyncio.run` calls rebuilds them."""
 
-    def __init__(self, client: "ChatClient", api_key: str) -> None:
+    def __init__(self, client: "ChatClient", url: str, api_key: str) -> None:
         self.loop = asyncio.get_running_loop()
         self.sem = asyncio.Semaphore(client.max_concurrency)
         self.rpm = TokenBucket.per_minute(client.requests_per_minute) if client.requests_per_minute else None
         self.tpm = TokenBucket.per_minute(client.tokens_per_minute) if client.tokens_per_minute else None
         n = client.max_concurrency  # the default pool keeps only 100 idle connections: more slots would churn
         http = openai.DefaultAsyncHttpxClient(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
-        self.api = openai.AsyncOpenAI(base_url=client.base_url, api_key=api_key, max_retries=0,
+        # A query in base_url (`?api-key=...`, `?api-version=...`) goes in default_query: left in the base URL,
+        # the request path would be appended to the query and every request would miss the endpoint.
+        parts = urlsplit(url)
+        self.api = openai.AsyncOpenAI(base_url=urlunsplit(parts._replace(query="", fragment="")), api_key=api_key,
+                                      default_query=dict(parse_qsl(parts.query)) or None, max_retries=0,
                                       timeout=client.timeout_s, http_client=http)
 
 
 class ChatClient:
-    """Chat completions with concurrency and rate limits, retries, parse re-asks, caching and accounting."""
+    """Chat completions with concurrency and rate limits, retries, parse re-asks, caching and accounting.
+
+    Host policy (reward.hosts.check_endpoint, checked here, before anything is sent): allowed_hosts, the hosts
+    data may go to besides this machine (None: the base_url's own host when named_in_recipe); named_in_recipe:
+    False when base_url came from the environment rather than the caller's configuration; config_name: where
+    the endpoint is configured, for error messages ("judge" -> judge.base_url, judge.allowed_hosts).
+    audit: an AuditLog, or a path for one, that gets a line per HTTP request sent (see reward.audit).
+    `base_url` is the public form (no user-info, no query): the one thing to show, log or record.
+    """
 
     def __init__(
         self,
@@ -121,10 +217,18 @@ class ChatClient:
         price_per_million_output: float = 0.0,
         cache: ChatCache | None = None,
         progress: bool = True,
+        allowed_hosts: Sequence[str] | None = None,
+        named_in_recipe: bool = True,
+        config_name: str = "judge",
+        audit: AuditLog | str | os.PathLike[str] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
+        self.base_url = check_endpoint(base_url, allowed_hosts, named_in_recipe=named_in_recipe,
+                                       config_name=config_name)
+        self.host = host_of(base_url)
+        self.model, self.api_key_env = model, api_key_env
+        self.audit = audit if isinstance(audit, AuditLog) or audit is None else AuditLog(audit)
         self.max_concurrency, self.requests_per_minute, self.tokens_per_minute = (
             max_concurrency, requests_per_minute, tokens_per_minute)
         self.max_retries, self.parse_retries, self.timeout_s = max_retries, parse_retries, timeout_s
@@ -137,8 +241,9 @@ class ChatClient:
             log.debug("no API key in %s; sending 'EMPTY' (fine for a local server)", api_key_env)
         elif not key.isascii():  # it would fail later inside the HTTP library, in an error that holds the key
             raise ValueError(f"the API key in ${api_key_env} has non-ASCII characters; check the variable")
-        # Name-mangled and never formatted anywhere but the HTTP client and _redact.
-        self.__key = key or "EMPTY"
+        # Name-mangled and never formatted anywhere but the HTTP client and _redact; the raw URL likewise.
+        self.__key, self.__url = key or "EMPTY", base_url
+        self.__secrets = ([key] if key else []) + url_secrets(base_url)
         self._state: _LoopState | None = None
 
     def __repr__(self) -> str:
@@ -146,11 +251,14 @@ class ChatClient:
 
     def _loop_state(self) -> _LoopState:
         if self._state is None or self._state.loop is not asyncio.get_running_loop():
-            self._state = _LoopState(self, self.__key)
+            self._state = _LoopState(self, self.__url, self.__key)
         return self._state
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self.__key, "***") if self.__key != "EMPTY" else text
+    def _redact(self, text: str, limit: int | None = None) -> str:
+        """`text` without the key, the URL's secrets or any credential-looking value, then cut to `limit`
+        characters (in that order: see `redact`)."""
+        text = redact(text.replace(self.__url, self.base_url), self.__secrets)
+        return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
     def cache_key(self, messages: list[dict[str, Any]], cache_namespace: str = "", **sampling: Any) -> str:
         """sha256 over (model, namespace, messages, sampling params in sorted order)."""
@@ -164,11 +272,17 @@ class ChatClient:
         *,
         parse: Callable[[str], T] | None = None,
         cache_namespace: str = "",
+        record_id: str | None = None,
+        masked: dict[str, int] | None = None,
         **sampling: Any,
     ) -> ChatResult[T]:
         """One reply, parsed by `parse` (which raises ValueError on a bad reply), from the cache when possible.
-        An unparseable reply is re-asked up to `parse_retries` more times, then JudgeError(kind="parse").
-        Only a reply that parsed is cached, so a garbage reply is never served again."""
+        An unparseable reply is re-asked up to `parse_retries` more times, then JudgeError(kind="parse"); with a
+        parser, so is a reply the server says it cut off (finish_reason "length", "content_filter", ...): text
+        that parses may still be a verdict missing its end. Only a reply that parsed and ended with "stop" is
+        cached, so neither garbage nor a cut-off reply is ever served again.
+        record_id, masked: what the audit log says this request was about (no effect without an audit log)."""
+        masked = check_masked(masked)  # before anything is sent: a bad value must not cost a request
         key = self.cache_key(messages, cache_namespace, **sampling)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
@@ -178,73 +292,97 @@ class ChatClient:
                 log.warning("cached reply %s no longer parses; asking again", key[:12])
             else:
                 self.stats.cache_hits += 1
-                return ChatResult(hit["text"], parsed, dict(hit["usage"]), cached=True, attempts=0)
+                return ChatResult(hit["text"], parsed, dict(hit["usage"]), cached=True, attempts=0,
+                                  finish_reason="stop")
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         attempts, reason = 0, ""
         for ask in range(self.parse_retries + 1):
-            text, reply_usage, sent = await self._send(messages, sampling, attempts)
+            text, reply_usage, finish, sent = await self._send(messages, sampling, attempts, (record_id, masked))
             attempts += sent
             for name in usage:
                 usage[name] += reply_usage.get(name, 0)
             try:
                 parsed = parse(text) if parse else None
+                if parse is not None and finish not in (None, "stop"):
+                    raise ValueError(f"reply not finished (finish_reason={finish!r})")
             except ValueError as exc:
                 self.stats.parse_failures += 1
-                reason = f"{exc}; reply began {text[:120]!r}"
-                log.debug("reply did not parse (ask %d of %d): %s", ask + 1, self.parse_retries + 1, exc)
+                # A reply may echo what it was sent (a proxy's error page with the headers): redact, then cut.
+                reason = f"{self._redact(str(exc), 200)}; reply began {self._redact(text, 120)!r}"
+                log.debug("reply did not parse (ask %d of %d): %s", ask + 1, self.parse_retries + 1, reason)
                 continue
-            if self.cache is not None:
+            if self.cache is not None and finish == "stop":
                 self.cache.put(key, text, reply_usage)
-            return ChatResult(text, parsed, usage, cached=False, attempts=attempts)
+            return ChatResult(text, parsed, usage, cached=False, attempts=attempts, finish_reason=finish)
         self.stats.failures += 1
         raise JudgeError(self._redact(f"reply from {self.model} did not parse after {self.parse_retries + 1} "
                                       f"asks: {reason}"), kind="parse", attempts=attempts)
 
-    async def _send(self, messages: list[dict[str, Any]], sampling: dict[str, Any], before: int
-                    ) -> tuple[str, dict[str, int], int]:
-        """One reply text, retrying transport failures; returns (text, usage, requests sent)."""
+    async def _send(self, messages: list[dict[str, Any]], sampling: dict[str, Any], before: int,
+                    about: tuple[str | None, dict[str, int] | None] = (None, None)
+                    ) -> tuple[str, dict[str, int], str | None, int]:
+        """One reply text, retrying transport failures; returns (text, usage, finish_reason, requests sent).
+        about: (record id, masked counts) for the audit log."""
         state = self._loop_state()
         estimate = estimate_tokens(messages, sampling.get("max_tokens") or sampling.get("max_completion_tokens"))
+        body = {"model": self.model, "messages": messages, **sampling}
+        blob = canonical_body(body) if self.audit is not None else b""
+        digest, size = hashlib.sha256(blob).hexdigest(), len(blob)
         for attempt in range(self.max_retries + 1):
             retry_after: float | None = None
+            fatal: JudgeError | None = None
             async with state.sem:  # hold a slot only while sending, never while backing off
                 if state.rpm:
                     await state.rpm.acquire(1)
                 if state.tpm:
                     await state.tpm.acquire(estimate)
                 self.stats.requests_sent += 1
-                sent_at = time.perf_counter()
+                sent_at, sent_wall = time.perf_counter(), datetime.now(timezone.utc)
+                outcome, status = "interrupted", None  # what the audit says if the task is cancelled mid-request
                 try:
                     # The client's generic `post`, not `chat.completions.create`: skipping the typed request
                     # transform and pydantic reply model saves ~25% of client CPU per request (profiled).
-                    body = {"model": self.model, "messages": messages, **sampling}
                     reply = await state.api.post("/chat/completions", cast_to=dict, body=body)
-                    text, usage = _text_and_usage(reply)
+                    outcome, status = "ok", 200
+                    text, usage, finish = _reply_parts(reply)
                 except openai.APIStatusError as exc:
                     status = exc.status_code
+                    outcome = what = f"HTTP {status}"
                     if status < 500 and status not in _RETRYABLE_4XX:
                         self.stats.failures += 1
-                        raise JudgeError(self._redact(f"HTTP {status} from {self.base_url} (not retried): "
-                                                      f"{str(exc)[:300]}"), kind="http", status=status,
-                                         attempts=before + attempt + 1) from None
-                    self.stats.rate_limited += status == 429
-                    self.stats.server_errors += status >= 500
-                    self.stats.timeouts += status == 408
-                    retry_after, what = retry_after_s(exc.response.headers), f"HTTP {status}"
+                        # Built here, raised below, outside this handler: raised inside it, the error would
+                        # keep `exc` as its __context__, and with it the request and its Authorization header.
+                        fatal = JudgeError(f"HTTP {status} from {self.base_url} (not retried): "
+                                           f"{self._redact(str(exc), 300)}", kind="http", status=status,
+                                           attempts=before + attempt + 1)
+                    else:
+                        self.stats.rate_limited += status == 429
+                        self.stats.server_errors += status >= 500
+                        self.stats.timeouts += status == 408
+                        retry_after = retry_after_s(exc.response.headers)
                 except openai.APITimeoutError:  # subclass of APIConnectionError: test first
                     self.stats.timeouts += 1
-                    what, status = f"timeout after {self.timeout_s:g} s", None
+                    outcome, what, status = "timeout", f"timeout after {self.timeout_s:g} s", None
                 except openai.APIConnectionError as exc:
                     self.stats.connection_errors += 1
-                    what, status = f"connection error ({type(exc.__cause__ or exc).__name__})", None
+                    outcome, status = "connection error", None
+                    what = f"connection error ({type(exc.__cause__ or exc).__name__})"
                 except (openai.APIResponseValidationError, _MalformedReply):
                     self.stats.server_errors += 1
-                    what, status = "malformed response body", None
+                    outcome, what, status = "malformed reply", "malformed response body", None
                 else:
                     self._bill(usage, estimate, state)
-                    return text, usage, attempt + 1
+                    return text, usage, finish, attempt + 1
                 finally:
-                    self.stats.request_seconds += time.perf_counter() - sent_at
+                    elapsed = time.perf_counter() - sent_at
+                    self.stats.request_seconds += elapsed
+                    if self.audit is not None:  # every attempt, failed ones too: each may have left the machine
+                        self.audit.record(request_sha256=digest, url=self.base_url, host=self.host,
+                                          model=self.model, attempt=before + attempt + 1, outcome=outcome,
+                                          status=status, duration_s=elapsed, record_id=about[0], masked=about[1],
+                                          request_bytes=size, sent_at=sent_wall)
+            if fatal is not None:
+                raise fatal
             if attempt == self.max_retries:
                 break
             self.stats.retries += 1
@@ -253,9 +391,8 @@ class ChatClient:
                       self.max_retries, delay)
             await asyncio.sleep(delay)
         self.stats.failures += 1
-        raise JudgeError(self._redact(f"{what} from {self.base_url}; gave up after {self.max_retries + 1} "
-                                      f"attempts"), kind="transport", status=status,
-                         attempts=before + self.max_retries + 1)
+        raise JudgeError(f"{what} from {self.base_url}; gave up after {self.max_retries + 1} attempts",
+                         kind="transport", status=status, attempts=before + self.max_retries + 1)
 
     def _bill(self, usage: dict[str, int], estimate: float, state: _LoopState) -> None:
         """Count a reply's tokens and cost, and correct the tokens-per-minute bucket's estimate."""
@@ -279,9 +416,11 @@ class ChatClient:
         async def run(i: int, req: ChatRequest[Any]) -> None:
             try:
                 results[i] = await self.chat(req.messages, parse=req.parse, cache_namespace=req.cache_namespace,
-                                             **req.sampling)
+                                             record_id=req.record_id, masked=req.masked, **req.sampling)
             except JudgeError as exc:
-                results[i] = exc
+                # Kept without its traceback: the frames would pin this request's messages (patient text)
+                # and the client for as long as the result lives, which for 400k results is memory too.
+                results[i] = exc.with_traceback(None)
 
         def done(task: asyncio.Task[None]) -> None:
             pending.discard(task)
@@ -321,11 +460,15 @@ class _MalformedReply(Exception):
     """A 200 whose body is not a chat completion (a broken proxy or server); retried like a 5xx."""
 
 
-def _text_and_usage(reply: Any) -> tuple[str, dict[str, int]]:
-    """The first choice's text (None content, e.g. a refusal, becomes "") and the reported token usage."""
+def _reply_parts(reply: Any) -> tuple[str, dict[str, int], str | None]:
+    """The first choice's text (None content, e.g. a refusal, becomes ""), the reported token usage, and the
+    first choice's finish_reason (None when the server gave none)."""
     try:
-        text = reply["choices"][0]["message"].get("content") or ""
+        choice = reply["choices"][0]
+        text = choice["message"].get("content") or ""
+        finish = choice.get("finish_reason")
         usage = reply.get("usage") or {}
-        return text, {name: int(usage.get(name) or 0) for name in ("prompt_tokens", "completion_tokens")}
+        return (text, {name: int(usage.get(name) or 0) for name in ("prompt_tokens", "completion_tokens")},
+                finish if isinstance(finish, str) else None)
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise _MalformedReply(type(exc).__name__) from None

@@ -10,6 +10,11 @@ rank candidates against each other. Samples without a group — or alone in thei
 
 Text is de-identified (reward.deid) before it is put into any request. A request that fails after the client's
 retries yields `Score.failed(reason)`, never an invented score.
+
+A verdict is taken only from a reply the judge finished (finish_reason "stop": a reply cut off by max_tokens may
+end right after quoting a candidate's self-awarded scores) that is exactly one JSON object carrying the request's
+fence tag (reward.prompts.reply_object). JSON mode (`response_format: json_object`) is asked for by default;
+servers that do not know it ignore it (transformers serve) — set json_mode False for one that refuses it.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from reward.prompts import (
     parse_listwise,
     parse_pointwise,
 )
+from reward.urls import public_url
 
 if TYPE_CHECKING:
-    from reward.client import ChatClient
+    from reward.client import ChatClient, ChatResult
 
 logger = logging.getLogger(__name__)
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # where a judge without base_url goes, if allowed_hosts lists it
 
 
 def _to_unit(score: float) -> float:
@@ -47,6 +54,7 @@ class LLMJudge:
 
     weights: criterion -> weight for the overall value (criteria left out weigh 0). None: the judge's own
     "overall" when it gives one, else the plain mean of the criteria.
+    json_mode: ask the server for a JSON object reply (`response_format`); False for a server that rejects it.
     The remaining arguments configure reward.client.ChatClient (concurrency, rate limits, retries, prices) and
     its persistent cache (cache_dir; one shard per writer process).
     """
@@ -54,13 +62,14 @@ class LLMJudge:
     def __init__(
         self,
         model: str,
-        base_url: str = "https://api.openai.com/v1",
+        base_url: str | None = None,
         api_key_env: str | None = "OPENAI_API_KEY",  # None: a local server that needs no key
         mode: Literal["pointwise", "listwise"] = "pointwise",
         rubric: str | None = None,
         weights: dict[str, float] | None = None,
         temperature: float = 0.0,
         max_tokens: int = 512,
+        json_mode: bool = True,
         max_concurrency: int = 32,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
@@ -73,9 +82,16 @@ class LLMJudge:
         deid_patterns: dict[str, str] | None = None,
         price_per_million_input: float = 0.0,
         price_per_million_output: float = 0.0,
+        allowed_hosts: list[str] | None = None,
+        audit_path: str | None = None,
+        audit_stage: str | None = None,
     ) -> None:
         if mode not in ("pointwise", "listwise"):
             raise ValueError(f"mode must be 'pointwise' or 'listwise', got {mode!r}")
+        # Data goes only where the recipe says (reward.hosts): a base_url the recipe leaves out means OpenAI's
+        # API, which is then not "named", and must be listed in allowed_hosts to be reached.
+        named = base_url is not None
+        base_url = base_url if base_url is not None else DEFAULT_BASE_URL
         self.model, self.base_url, self.mode = model, base_url, mode
         self.rubric = load_rubric(rubric)
         if weights is not None:
@@ -86,17 +102,23 @@ class LLMJudge:
             if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
                 raise ValueError("weights must be non-negative with a positive sum")
         self.weights = weights
-        self.sampling = {"temperature": temperature, "max_tokens": max_tokens}
+        self.sampling: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
+        if json_mode:
+            self.sampling["response_format"] = {"type": "json_object"}
         self.deid = Deidentifier(deid_patterns, enabled=deidentify)
-        # The namespace is the rubric's hash: editing the rubric must never serve replies judged by the old one.
-        self.cache_namespace = self.rubric.sha256
+        # The namespace holds the rubric's hash: editing the rubric must never serve replies judged by the old one;
+        # and the endpoint (without credentials): two servers that both call their model "judge" are different
+        # judges, and one must never be served the other's verdicts.
+        self.cache_namespace = f"{self.rubric.sha256}@{public_url(base_url)}"
         self._client_args: dict[str, Any] = dict(
             base_url=base_url, model=model, api_key_env=api_key_env, max_concurrency=max_concurrency,
             requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
             max_retries=max_retries, parse_retries=parse_retries, timeout_s=timeout_s,
             price_per_million_input=price_per_million_input, price_per_million_output=price_per_million_output,
+            allowed_hosts=allowed_hosts, named_in_recipe=named, config_name="judge",
         )
         self._cache_dir, self._cache_shard = cache_dir, cache_shard
+        self._audit_path, self._audit_stage = audit_path, audit_stage
         self._client: ChatClient | None = None
 
     def __repr__(self) -> str:
@@ -111,14 +133,18 @@ class LLMJudge:
             from reward.cache import ChatCache
             from reward.client import ChatClient
 
+            from reward.audit import AuditLog
+
             cache = ChatCache(self._cache_dir, shard=self._cache_shard) if self._cache_dir else None
-            self._client = ChatClient(**self._client_args, cache=cache)
+            audit = AuditLog(self._audit_path, stage=self._audit_stage) if self._audit_path else None
+            self._client = ChatClient(**self._client_args, cache=cache, audit=audit)
         return self._client
 
     @property
-    def stats(self) -> Any:
-        """The client's counters (requests, cache hits, retries, failures, tokens, cost); `.as_dict()`."""
-        return self.client.stats
+    def stats(self) -> "JudgeStats":
+        """The client's counters (requests, cache hits, retries, failures, tokens, cost) and the cache rows skipped
+        on opening; `.as_dict()`."""
+        return JudgeStats(self.client, self.deid.describe(), public_url(self.base_url))
 
     def overall(self, judgement: Judgement) -> float:
         """The overall 1..10 score of a verdict, per the weighting rule in the class docstring."""
@@ -137,9 +163,9 @@ class LLMJudge:
             usage=usage,
         )
 
-    def _masked(self, sample: Sample) -> tuple[list[dict[str, Any]], str, str | None]:
-        ref = self.deid.mask(sample.reference) if sample.reference is not None else None
-        return self.deid.mask_messages(sample.prompt), self.deid.mask(sample.completion), ref
+    def _masked(self, sample: Sample, counts: dict[str, int]) -> tuple[list[dict[str, Any]], str, str | None]:
+        ref = self.deid.mask(sample.reference, counts) if sample.reference is not None else None
+        return self.deid.mask_messages(sample.prompt, counts), self.deid.mask(sample.completion, counts), ref
 
     def _plan(self, samples: Sequence[Sample]) -> tuple[list[int], list[list[int]]]:
         """Split sample indices into pointwise singles and listwise groups (same group id AND same prompt)."""
@@ -175,20 +201,25 @@ class LLMJudge:
         singles, groups = self._plan(samples)
         requests: list[ChatRequest[Any]] = []
         for i in singles:
-            prompt, answer, ref = self._masked(samples[i])
+            counts: dict[str, int] = {}
+            prompt, answer, ref = self._masked(samples[i], counts)
+            single = build_pointwise(self.rubric, prompt, answer, ref)
             requests.append(ChatRequest(
-                build_pointwise(self.rubric, prompt, answer, ref),
-                parse=lambda text: parse_pointwise(text, criteria),
+                single.messages,
+                parse=lambda text, tag=single.tag: parse_pointwise(text, criteria, tag),
                 cache_namespace=self.cache_namespace, sampling=dict(self.sampling),
+                record_id=_record_id(samples[i]), masked=counts,
             ))
         for members in groups:
-            prompt, _, ref = self._masked(samples[members[0]])
-            answers = [self.deid.mask(samples[i].completion) for i in members]
+            counts = {}
+            prompt, _, ref = self._masked(samples[members[0]], counts)
+            answers = [self.deid.mask(samples[i].completion, counts) for i in members]
             listwise = build_listwise(self.rubric, prompt, answers, ref)
             requests.append(ChatRequest(
                 listwise.messages,
-                parse=lambda text, order=listwise.order: parse_listwise(text, criteria, order),
+                parse=lambda text, order=listwise.order, tag=listwise.tag: parse_listwise(text, criteria, order, tag),
                 cache_namespace=self.cache_namespace, sampling=dict(self.sampling),
+                record_id=_record_id(samples[members[0]]), masked=counts,
             ))
         results = await self.client.chat_many(requests, desc=f"judge {self.model}") if requests else []
 
@@ -196,12 +227,15 @@ class LLMJudge:
         for i, result in zip(singles, results[: len(singles)]):
             if isinstance(result, JudgeError):
                 scores[i] = Score.failed(f"judge failed: {result}", usage={"attempts": result.attempts})
+            elif not _finished(result):
+                scores[i] = Score.failed(_unfinished(result), usage=_usage(result, share=1))
             else:
                 scores[i] = self._score_of(result.parsed, _usage(result, share=1))
         for members, result in zip(groups, results[len(singles):]):
-            if isinstance(result, JudgeError):
+            if isinstance(result, JudgeError) or not _finished(result):
+                reason = f"judge failed: {result}" if isinstance(result, JudgeError) else _unfinished(result)
                 for i in members:
-                    scores[i] = Score.failed(f"judge failed (listwise group): {result}",
+                    scores[i] = Score.failed(f"{reason} (listwise group)",
                                              usage={"attempts": result.attempts / len(members)})
                 continue
             usage = _usage(result, share=len(members))
@@ -226,10 +260,13 @@ class LLMJudge:
         )
         try:
             result = await self.client.chat(
-                request, parse=parse_compare, cache_namespace=self.cache_namespace, **self.sampling
+                request.messages, parse=lambda text: parse_compare(text, request.tag),
+                cache_namespace=self.cache_namespace, **self.sampling,
             )
         except JudgeError as exc:
             return {"winner": None, "rationale": "", "error": str(exc), "usage": {"attempts": exc.attempts}}
+        if not _finished(result):
+            return {"winner": None, "rationale": "", "error": _unfinished(result), "usage": _usage(result, share=1)}
         return {"winner": result.parsed["winner"].lower(), "rationale": result.parsed["rationale"],
                 "usage": _usage(result, share=1)}
 
@@ -239,6 +276,56 @@ class LLMJudge:
             await self._client.aclose()
             if self._client.cache is not None:
                 self._client.cache.close()
+
+
+class JudgeStats:
+    """The client's ChatStats (its fields read through), plus in `as_dict` the rows the cache skipped on opening
+    as cache_unreadable / cache_invalid / cache_tampered: each such row's request was a miss, asked again, and a
+    run's metrics must show that it happened. `as_dict` also says where requests went (the endpoint without
+    credentials) and what was masked (reward.deid's describe): a manifest must show a weakened masking."""
+
+    def __init__(self, client: "ChatClient", deidentification: dict[str, Any] | None = None,
+                 endpoint: str | None = None) -> None:
+        self._client = client
+        self._deidentification, self._endpoint = deidentification, endpoint
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # never look private names up on the client (no recursion while half-built)
+            raise AttributeError(name)
+        return getattr(self._client.stats, name)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._client.stats.as_dict()
+        if self._client.cache is not None:
+            skipped = self._client.cache.stats.as_dict()
+            out.update({f"cache_{k}": v for k, v in skipped.items() if k != "loaded"})
+        if self._endpoint is not None:
+            out["endpoint"] = self._endpoint
+        if self._deidentification is not None:
+            out["deidentification"] = self._deidentification
+        return out
+
+
+def _finished(result: "ChatResult[Any]") -> bool:
+    """Whether the judge ended its reply itself. `finish_reason` is the server's own word for the first choice
+    (ChatResult.finish_reason: str | None, None when the server gave none); anything but "stop" — "length" above
+    all, a reply cut off by max_tokens — is not a verdict. The client re-asks a reply that names another reason
+    and caches only "stop" ones, but hands back one whose server named none (fine for generation); a verdict
+    needs the server's word that the reply is whole, so that is refused here."""
+    return result.finish_reason == "stop"
+
+
+def _unfinished(result: "ChatResult[Any]") -> str:
+    return f"judge reply not finished (finish_reason={result.finish_reason!r}); no verdict taken from it"
+
+
+def _record_id(sample: Sample) -> str | None:
+    """The id of the record a sample came from, when its metadata has one (the audit log hashes free text)."""
+    for key in ("id", "record_id", "prompt_id"):
+        value = sample.metadata.get(key)
+        if value is not None:
+            return str(value)
+    return None
 
 
 def _usage(result: Any, share: int) -> dict[str, Any]:

@@ -38,23 +38,38 @@ def _umask() -> int:
     return current
 
 
-# mkstemp creates files readable by their owner only; artifacts on a shared run_dir are read by other users
-# and nodes, so they get the ordinary mode the umask allows.
+# mkstemp creates files readable by their owner only. Manifests, reports and plots on a shared run_dir are read
+# by other users and nodes, so by default they get the ordinary mode the umask allows. Files holding patient text
+# (candidates, scored answers, pairs, generations) are written with private=True and keep 0600 (their new folders
+# 0700); and by default a file never opens wider than its folder: in a folder closed to others (a 0700 run
+# folder) it stays 0600, so closing the run folder is enough to keep everything written into it private.
 FILE_MODE = 0o666 & ~_umask()
+PRIVATE_FILE_MODE, PRIVATE_DIR_MODE = 0o600, 0o700
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` so that readers see either the old file or the whole new one, never a part."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, *, private: bool | None = None) -> None:
+    """Write `text` so that readers see either the old file or the whole new one, never a part.
+    private: see atomic_write_bytes."""
+    atomic_write_bytes(path, text.encode("utf-8"), private=private)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` so that readers see either the old file or the whole new one, never a part."""
+def atomic_write_bytes(path: Path, data: bytes, *, private: bool | None = None) -> None:
+    """Write `data` so that readers see either the old file or the whole new one, never a part.
+
+    private True: the file is 0600 and folders created for it 0700 (patient text). False: the umask's mode
+    (FILE_MODE). None: FILE_MODE, unless the folder is closed to group and others, then 0600.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        _make_private_dirs(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    folder_closed = private is None and os.stat(path.parent).st_mode & 0o077 == 0
+    mode = PRIVATE_FILE_MODE if private or folder_closed else FILE_MODE
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, FILE_MODE)
+        if mode != PRIVATE_FILE_MODE:  # mkstemp's own mode is 0600: widen only when asked to
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -65,13 +80,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str) + "\n")
+def _make_private_dirs(folder: Path) -> None:
+    """Create `folder` and its missing parents 0700 (mkdir(parents=True) gives the parents the umask's mode)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        created.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
 
 
-def atomic_write_jsonl(path: Path, rows: Any) -> None:
-    """Rows as a JSON-lines file, written whole and renamed into place (never half a file)."""
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def atomic_write_json(path: Path, obj: Any, *, private: bool | None = None) -> None:
+    text = json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write_text(path, text, private=private)
+
+
+def atomic_write_jsonl(path: Path, rows: Any, *, private: bool | None = None) -> None:
+    """Rows as a JSON-lines file, written whole and renamed into place (never half a file). Rows of patient text
+    (candidates, scored answers, pairs, generations) are written with private=True (0600)."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), private=private)
 
 
 def read_jsonl(path: Path) -> list[Any]:
@@ -175,8 +202,10 @@ class MetricsLog:
     def log_table(self, name: str, rows: list[dict[str, Any]], step: int | None = None) -> None:
         """Append rows (e.g. sampled answers) to tables/<name>.jsonl beside metrics.jsonl, each with its step."""
         path = self.tables_dir / f"{name}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Tables hold sampled prompts and answers (patient text): owner-only, like the other patient-text files.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE), "a",
+                       encoding="utf-8") as handle:
             for row in rows:
                 record = {"step": step, **{k: _jsonable(v) for k, v in row.items()}}
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -196,7 +225,7 @@ class MetricsLog:
         for path in files:
             if path.exists():
                 kept = [r for r in read_jsonl(path) if r.get("step") is None or r["step"] <= step]
-                atomic_write_jsonl(path, kept)
+                atomic_write_jsonl(path, kept, private=path != self.path)  # tables: patient text
 
 
 def _jsonable(value: Any) -> Any:

@@ -44,7 +44,9 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter(f"%(asctime)s{rank} %(levelname)s %(name)s: %(message)s"))
         handler._rlmed = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "torch.distributed"):
+    # httpx2/httpx print every request URL (user-info and query included) at INFO, openai request bodies
+    # (patient text) at DEBUG: none of it belongs on stderr or in a stage log, even with -v.
+    for noisy in ("httpx", "httpx2", "openai", "urllib3", "filelock", "datasets", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -202,7 +202,10 @@ class Runner:
                 resume = False
             if not resume and stage_dir.exists():
                 shutil.rmtree(stage_dir)  # outputs of another config must not mix with this run's
-            stage_dir.mkdir(parents=True, exist_ok=True)
+            # A new run folder is closed to other users: its stages write patient text (candidates, scored
+            # answers, generations, sample tables). A folder the user made already keeps its mode.
+            stage_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            stage_dir.mkdir(exist_ok=True)
             atomic_write_json(stage_dir / STARTED, fingerprint)
         return bool(dist.broadcast(resume))  # also the barrier: no rank starts before the folder is ready
 

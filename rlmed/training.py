@@ -39,6 +39,7 @@ def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **stage_
     }
     fields.update(stage_defaults)
     fields.update(ctx.trainer)
+    _refuse_direct_reporting(ctx.stage_id, fields.get("report_to"))
     if "use_liger_kernel" in fields:
         fields["use_liger_kernel"] = liger_setting(fields["use_liger_kernel"], ctx.stage_id)
     if not has_eval and fields.get("eval_strategy") not in (None, "no"):
@@ -59,6 +60,18 @@ def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **stage_
             fields.setdefault("use_cpu", True)
     config_cls = import_object(config_path)
     return config_cls(**fields)
+
+
+def _refuse_direct_reporting(stage_id: str, report_to: Any) -> None:
+    """Trainer integrations (W&B, TensorBoard, MLflow...) upload what they are given past rlmed's masking: trl's
+    log_completions sends prompts and completions, patient text, unmasked. rlmed logs to W&B itself, masked,
+    through the recipe's `wandb` block."""
+    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    direct = [t for t in targets if str(t).lower() not in ("none", "")]
+    if direct:
+        raise ValueError(f"stage {stage_id}: trainer.report_to={report_to!r} would send the trainer's logs (and, "
+                         "with log_completions, prompts and completions unmasked) past rlmed's de-identification; "
+                         "remove trainer.report_to and use the recipe's `wandb` block, which masks patient text")
 
 
 def liger_available() -> bool:

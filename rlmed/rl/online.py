@@ -104,7 +104,7 @@ def heldout_writer(ctx: StageContext, args: Args, heldout: list[dict[str, Any]],
 
     def write(name: str, model_dir: str) -> float | None:
         scored = sample_and_score(model_dir, heldout, args, source, seed=ctx.seed)
-        atomic_write_jsonl(ctx.stage_dir / name, scored)
+        atomic_write_jsonl(ctx.stage_dir / name, scored, private=True)
         return _mean_score(scored)
 
     return write
@@ -142,7 +142,7 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
     from rlmed.models.loading import load_causal_lm, load_tokenizer
 
     heldout, train_rows = prompt_rows(inputs, args, ctx.seed)
-    source = build_reward_source(ctx.reward, ctx.run_dir)
+    source = build_reward_source(ctx.reward, ctx.run_dir, ctx.stage_dir)
     counter = RewardCounter()
 
     write_heldout = heldout_writer(ctx, args, heldout, source)

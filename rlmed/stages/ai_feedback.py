@@ -29,6 +29,13 @@ class Endpoint:
     api_key_env: str | None = None
     """Name of the environment variable holding the key; None for a local server."""
     max_concurrency: int = 16
+    deidentify: bool = True
+    """Prompts sent to a host other than this machine are de-identified first (reward.deid); false sends them
+    unmasked, with a loud warning."""
+    deid_patterns: dict[str, str] | None = None
+    """Extra or replaced masking patterns, as on a judge."""
+    allowed_hosts: list[str] | None = None
+    """Non-local hosts this endpoint may reach beyond the one its base_url names (reward.hosts)."""
 
 
 @dataclass(kw_only=True)
@@ -77,14 +84,16 @@ def generate_candidates(ctx: StageContext, inputs: dict[str, Any], args: Args,
 
     mine = prompts[dist.rank()::dist.world_size()]
     if args.endpoint is not None:
-        texts = generate_endpoint(args.endpoint, [p["messages"] for p in mine], args)
+        audit = ctx.run_dir / "audit" / f"{ctx.stage_id}.rank{dist.rank()}.jsonl"  # beside the judge's lines
+        texts = generate_endpoint(args.endpoint, [p["messages"] for p in mine], args, audit_path=audit,
+                                  stage=ctx.stage_id, record_ids=[str(p["id"]) for p in mine])
     else:
         texts = generate_hf(inputs["model"], [p["messages"] for p in mine], args, seed=args.seed + dist.rank())
     rows = [{"prompt_id": p["id"], "sample": j, "prompt": p["messages"], "reference": p["reference"], "completion": t}
             for p, samples in zip(mine, texts) for j, t in enumerate(samples)]
     if dist.world_size() == 1:
         return rows
-    atomic_write_jsonl(ctx.stage_dir / f"candidates.rank{dist.rank()}.jsonl", rows)
+    atomic_write_jsonl(ctx.stage_dir / f"candidates.rank{dist.rank()}.jsonl", rows, private=True)
     dist.barrier()
     if not dist.is_main():
         return []
@@ -133,6 +142,21 @@ def make_pairs(scored: list[dict[str, Any]], min_margin: float) -> tuple[list[di
     return pairs, counts
 
 
+def endpoint_record(endpoint: Endpoint) -> dict[str, Any]:
+    """Where the prompts went and how they were masked, for the manifest (a security review reads it there)."""
+    from reward.urls import is_local, public_url
+
+    if is_local(endpoint.base_url):
+        masking: dict[str, Any] = {"enabled": False, "why": "a server on this machine: nothing left it"}
+    elif not endpoint.deidentify:
+        masking = {"enabled": False, "why": "endpoint.deidentify is false"}
+    else:
+        from reward.deid import Deidentifier
+
+        masking = Deidentifier(endpoint.deid_patterns).describe()
+    return {"url": public_url(endpoint.base_url), "deidentification": masking}
+
+
 def summary(scored: list[dict[str, Any]], pairs: list[dict[str, Any]], counts: dict[str, int],
             source: Any) -> dict[str, Any]:
     values = [r["score"] for r in scored if r["score"] is not None]
@@ -170,16 +194,18 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     else:
         candidates = generate_candidates(ctx, inputs, args, prompts)
         if dist.is_main():
-            atomic_write_jsonl(candidates_file, candidates)
+            atomic_write_jsonl(candidates_file, candidates, private=True)
     if not dist.is_main():
         return {}  # scoring is I/O-bound and concurrent inside the source; the main rank does it
     ctx.log.info("scoring %d candidates of %d prompts", len(candidates), len(prompts))
-    source = build_reward_source(ctx.reward, ctx.run_dir)
+    source = build_reward_source(ctx.reward, ctx.run_dir, ctx.stage_dir)
     scored = score_candidates(source, candidates)
-    atomic_write_jsonl(ctx.output("scored"), scored)
+    atomic_write_jsonl(ctx.output("scored"), scored, private=True)
     pairs, counts = make_pairs(scored, args.min_margin)
-    atomic_write_jsonl(ctx.output("pairs"), pairs)
+    atomic_write_jsonl(ctx.output("pairs"), pairs, private=True)
     metrics = summary(scored, pairs, counts, source)
+    if args.endpoint is not None:
+        metrics["endpoint"] = endpoint_record(args.endpoint)
     ctx.metrics.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     if metrics["failed_fraction"] > args.max_failed_fraction:
         raise RuntimeError(f"{metrics['failed_scores']} of {len(scored)} candidates could not be scored "

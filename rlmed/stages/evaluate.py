@@ -244,14 +244,14 @@ def merge_shards(ctx: StageContext, name: str, shard: list[dict[str, Any]], set_
     out_dir = ctx.stage_dir / GENERATIONS
     world = dist.world_size()
     if world > 1:
-        atomic_write_jsonl(out_dir / f"{name}.rank{dist.rank()}.jsonl", shard)
+        atomic_write_jsonl(out_dir / f"{name}.rank{dist.rank()}.jsonl", shard, private=True)
         dist.barrier()
         if not dist.is_main():
             return []
         shard = [r for k in range(world) for r in read_jsonl(out_dir / f"{name}.rank{k}.jsonl")]
     order = {s: n for n, s in enumerate(set_order)}
     merged = sorted(shard, key=lambda r: (order[r["set"]], r["index"]))
-    atomic_write_jsonl(out_dir / f"{name}.jsonl", merged)
+    atomic_write_jsonl(out_dir / f"{name}.jsonl", merged, private=True)
     return merged
 
 
@@ -329,7 +329,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
                                sample_temperature=args.sample_temperature)
     generation_sets = [s for s, (kind, _) in sets.items() if kind == "generation"]
     # Built on every rank: each scores its own rows, a judge appending to its own cache shard (the rank).
-    source = build_reward_source(ctx.reward, ctx.run_dir) if ctx.reward is not None and generation_sets else None
+    source = (build_reward_source(ctx.reward, ctx.run_dir, ctx.stage_dir)
+              if ctx.reward is not None and generation_sets else None)
 
     used: dict[str, dict[str, Any]] = {name: {} for name in models}  # generation settings, filled per model
     saved = {name: generate_sharded(ctx, name, path, sets, settings, source, used[name])
@@ -359,7 +360,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     if source is not None:
         results["reward"] = {name: r for name, (_, r) in summaries.items()}
     if args.judge is not None and generation_sets:
-        judge = build_reward_source(args.judge, ctx.run_dir)
+        judge = build_reward_source(args.judge, ctx.run_dir, ctx.stage_dir)
         results["pairwise"] = {}
         for name in models:
             if name == baseline:

@@ -99,7 +99,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
 
     steps_per_rollout, micro = micro_batching(ctx, args)
     heldout, train_rows = prompt_rows(inputs, args, ctx.seed)
-    source = build_reward_source(ctx.reward, ctx.run_dir)
+    source = build_reward_source(ctx.reward, ctx.run_dir, ctx.stage_dir)
 
     write_heldout = heldout_writer(ctx, args, heldout, source)
     metrics: dict[str, Any] = {}

@@ -7,7 +7,13 @@ Real HTTP (stdlib ThreadingHTTPServer, HTTP/1.1 keep-alive), so the real `openai
         client = ChatClient(server.base_url, "judge", ...)
 
 Every request first takes the next entry of the `fail` queue, if any; otherwise random faults (p429, p500,
-p_garbage) are drawn; otherwise `then(body)` answers - and it may return a `Fault` too, for per-request rules.
+p_garbage) are drawn; otherwise `then(body)` answers - and it may return a `Fault` too, for per-request rules,
+or a `Reply` to set the finish_reason (a plain string is a reply that finished: "stop").
+
+A judge must copy the request's fence tag into its verdict's "request" field (reward.prompts). Canned verdicts
+do not know the tag, so with `copy_tag` on (the default) the server plays a compliant judge: a reply that is a
+JSON object without "request", to a request whose prompt has a fence tag, gets `"request": <tag>` put first.
+Turn it off to send a reply exactly as written (the injection tests do).
 A fault is an HTTP status (int), "timeout" (hang until the client gives up), "garbage" (a 200 whose text is not
 what was asked for), "drop" (close the connection without a reply), or a `Fault` for details (Retry-After).
 `latency` (seconds, or a callable drawing them) delays every reply. Waits end early when the server stops, so
@@ -23,6 +29,7 @@ import argparse
 import json
 import math
 import random
+import re
 import socket
 import threading
 import time
@@ -31,6 +38,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 
 GARBAGE = "抱歉，我无法理解这个请求。<<not the requested format>>"
+FENCE_TAG = re.compile(r"<(data-[0-9a-f]{16}) kind=\"dialogue\">")
+
+
+@dataclass
+class Reply:
+    """A reply with an explicit finish_reason ("stop", "length", ...; None leaves the field out)."""
+
+    text: str
+    finish_reason: str | None = "stop"
 
 
 @dataclass
@@ -52,6 +68,28 @@ def as_fault(item: int | str | Fault) -> Fault:
     if item in ("timeout", "garbage", "drop"):
         return Fault(item)
     raise ValueError(f"unknown fault {item!r}")
+
+
+def request_tag(body: dict[str, Any]) -> str | None:
+    """The fence tag of a judge request (reward.prompts), or None for a request that has none."""
+    for message in body.get("messages", []):
+        found = FENCE_TAG.search(str(message.get("content", "")))
+        if found:
+            return found.group(1)
+    return None
+
+
+def with_tag(body: dict[str, Any], text: str) -> str:
+    """`text` with the request's tag copied in, as a compliant judge does; unchanged when it is not a JSON
+    object, already has "request", or the request has no tag."""
+    tag = request_tag(body)
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text
+    if tag is None or not isinstance(obj, dict) or "request" in obj:
+        return text
+    return json.dumps({"request": tag, **obj}, ensure_ascii=False)
 
 
 def echo(body: dict[str, Any]) -> str:
@@ -103,7 +141,7 @@ class JudgeServer:
         self,
         *,
         fail: Iterable[int | str | Fault] = (),
-        then: Callable[[dict[str, Any]], str | Fault] = echo,
+        then: Callable[[dict[str, Any]], str | Reply | Fault] = echo,
         latency: float | Callable[[], float] = 0.0,
         p429: float = 0.0,
         p500: float = 0.0,
@@ -111,6 +149,7 @@ class JudgeServer:
         retry_after: float | str | None = None,
         hang_s: float = 30.0,
         seed: int = 0,
+        copy_tag: bool = True,
     ) -> "JudgeServer":
         """Set how the next requests are answered (see the module docstring); returns self."""
         with self._lock:
@@ -119,12 +158,14 @@ class JudgeServer:
             self._p = (p429, p500, p_garbage)
             self._retry_after, self._hang_s = retry_after, hang_s
             self._rng = random.Random(seed)
+            self._copy_tag = copy_tag
         return self
 
     def reset(self) -> None:
         """Forget what was received (the script stays)."""
         with self._lock:
             self.received: list[dict[str, Any]] = []
+            self.paths: list[str] = []  # request paths with their query, as the server saw them
             self.headers: list[dict[str, str]] = []
             self.times: list[float] = []
             self.usages: list[dict[str, int]] = []
@@ -135,7 +176,7 @@ class JudgeServer:
     def count(self) -> int:
         return len(self.received)
 
-    def _next_action(self, body: dict[str, Any]) -> tuple[Fault | str, float]:
+    def _next_action(self, body: dict[str, Any]) -> tuple[Fault | Reply, float]:
         with self._lock:
             if self._fail:
                 action: Fault | str | None = self._fail.pop(0)
@@ -145,9 +186,13 @@ class JudgeServer:
                           if r < p429 + p500 else Fault("garbage") if r < p429 + p500 + pg else None)
             delay = self._latency() if callable(self._latency) else float(self._latency)
             self.latencies.append(delay)
-            responder = self._then
+            responder, copy_tag = self._then, self._copy_tag
         if action is None:
             action = responder(body)
+        if isinstance(action, str):
+            action = Reply(action)
+        if isinstance(action, Reply) and copy_tag:
+            action = Reply(with_tag(body, action.text), action.finish_reason)
         if isinstance(action, Fault) and action.kind == "status" and action.status == 429 and \
                 action.retry_after is None:
             action.retry_after = self._retry_after
@@ -205,10 +250,12 @@ def _make_handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            if not self.path.rstrip("/").endswith("/chat/completions"):
+            # A gateway's key may ride in the query (`?api-key=...`): the route is the path before it.
+            if not self.path.split("?", 1)[0].rstrip("/").endswith("/chat/completions"):
                 return self._send(404, {"error": {"message": "not found"}})
             with server._lock:
                 server.received.append(body)
+                server.paths.append(self.path)
                 server.headers.append(dict(self.headers.items()))
                 server.times.append(time.monotonic())
                 server.in_flight += 1
@@ -237,17 +284,18 @@ def _make_handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
                     extra = {"Retry-After": str(action.retry_after)} if action.retry_after is not None else {}
                     return self._send(action.status, {"error": {"message": f"injected {action.status}",
                                                                 "type": "injected", "code": action.status}}, extra)
-                action = GARBAGE
+                action = Reply(GARBAGE)
+            text = action.text
             prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
-            usage = {"prompt_tokens": prompt, "completion_tokens": len(action), "total_tokens": prompt + len(action)}
+            usage = {"prompt_tokens": prompt, "completion_tokens": len(text), "total_tokens": prompt + len(text)}
             with server._lock:
                 server.usages.append(usage)
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+            if action.finish_reason is not None:
+                choice["finish_reason"] = action.finish_reason
             self._send(200, {
                 "id": f"chatcmpl-{server.count}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model", server.model),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": action},
-                             "finish_reason": "stop"}],
-                "usage": usage,
+                "model": body.get("model", server.model), "choices": [choice], "usage": usage,
             })
 
     return Handler

@@ -231,3 +231,21 @@ def test_usage_and_cost_accounted_from_server_usage(judge_server):
 def test_client_survives_successive_event_loops(judge_server):
     client = make_client(judge_server.base_url)
     assert run(client.chat(MSG)).text == run(client.chat(MSG)).text
+
+
+def test_a_cut_off_reply_is_reasked_when_parsed_never_cached_and_returned_as_is_otherwise(judge_server, tmp_path):
+    from reward.cache import ChatCache
+    from tests.reward.server import Reply
+
+    # A reply that parses but that the server says ran out of tokens may be a verdict missing its end.
+    judge_server.script(fail=[], then=lambda body: Reply('{"score": 5}', finish_reason="length"))
+    client = make_client(judge_server.base_url, parse_retries=1, cache=ChatCache(tmp_path / "cache"))
+    with pytest.raises(JudgeError, match="finish_reason='length'"):
+        run(client.chat(MSG, parse=parse_score))
+    assert judge_server.count == 2 and client.stats.parse_failures == 2
+    plain = run(client.chat(MSG))  # no parser (generation): the text as it is, with the server's word on it
+    assert plain.text == '{"score": 5}' and plain.finish_reason == "length" and not plain.cached
+    assert not run(client.chat(MSG)).cached  # a cut-off reply is never served from the cache
+    judge_server.script(then=lambda body: '{"score": 4}')
+    first, again = run(client.chat(MSG, parse=parse_score)), run(client.chat(MSG, parse=parse_score))
+    assert (first.finish_reason, again.finish_reason, again.cached, again.parsed) == ("stop", "stop", True, 4)

@@ -86,3 +86,8 @@ def test_generation_through_the_server_writes_candidates_like_local_generation(t
     assert [(r["prompt_id"], r["sample"], r["prompt"], r["reference"]) for r in a] == \
         [(r["prompt_id"], r["sample"], r["prompt"], r["reference"]) for r in b]
     assert all(isinstance(r["completion"], str) and r["completion"] for r in a + b)
+    # The manifest says where the prompts went and whether they were masked; the audit log lists each request.
+    record = manifest(tmp_path / "remote", "fb")["metrics"]["endpoint"]
+    assert record["url"] == base_url.rstrip("/") and record["deidentification"]["enabled"] is False
+    audit = (tmp_path / "remote" / "run" / "audit" / "fb.rank0.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["record"] for line in audit) == sorted(str(r["prompt_id"]) for r in b)

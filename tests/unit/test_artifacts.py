@@ -73,6 +73,7 @@ def test_metrics_log_keeps_non_finite_values_visible(tmp_path):
 
 
 def test_atomic_write_gives_the_umask_mode_not_owner_only(tmp_path):
+    os.chmod(tmp_path, 0o755)  # pytest's tmp_path is closed (0700), and files in a closed folder stay 0600
     target = tmp_path / "manifest.json"
     atomic_write_json(target, {"a": 1})
     umask = os.umask(0)
