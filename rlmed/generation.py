@@ -68,17 +68,38 @@ def generate_hf(model_path: str, prompts: list[list[dict]], args: Any, seed: int
     return out
 
 
+def _unmasked_because(endpoint: Any) -> str | None:
+    """Why prompts to `endpoint` may go unmasked (a server on this machine, or `deidentify` false), else None:
+    the one decision that both the masking and the manifest's record of it follow."""
+    from reward.urls import is_local
+
+    if is_local(endpoint.base_url):
+        return "a server on this machine: nothing left it"
+    if getattr(endpoint, "deidentify", True) is False:
+        return "endpoint.deidentify is false"
+    return None
+
+
 def endpoint_deidentifier(endpoint: Any) -> Deidentifier | None:
     """The masking for prompts sent to `endpoint`: None when they may go as they are (a server on this machine,
     or `endpoint.deidentify` false), else a Deidentifier with the endpoint's `deid_patterns` if it has any."""
     from reward.urls import is_local, public_url
 
-    if is_local(endpoint.base_url):
-        return None
-    if getattr(endpoint, "deidentify", True) is False:
-        logger.warning("endpoint.deidentify is false: prompts go to %s unmasked", public_url(endpoint.base_url))
+    if _unmasked_because(endpoint) is not None:
+        if not is_local(endpoint.base_url):
+            logger.warning("endpoint.deidentify is false: prompts go to %s unmasked", public_url(endpoint.base_url))
         return None
     return Deidentifier(getattr(endpoint, "deid_patterns", None))
+
+
+def endpoint_record(endpoint: Any) -> dict[str, Any]:
+    """Where the prompts went and how they were masked, for the manifest (a security review reads it there)."""
+    from reward.urls import public_url
+
+    why = _unmasked_because(endpoint)
+    masking = ({"enabled": False, "why": why} if why is not None
+               else Deidentifier(getattr(endpoint, "deid_patterns", None)).describe())
+    return {"url": public_url(endpoint.base_url), "deidentification": masking}
 
 
 def generate_endpoint(endpoint: Any, prompts: list[list[dict]], args: Any, audit_path: Any = None,

@@ -142,21 +142,6 @@ def make_pairs(scored: list[dict[str, Any]], min_margin: float) -> tuple[list[di
     return pairs, counts
 
 
-def endpoint_record(endpoint: Endpoint) -> dict[str, Any]:
-    """Where the prompts went and how they were masked, for the manifest (a security review reads it there)."""
-    from reward.urls import is_local, public_url
-
-    if is_local(endpoint.base_url):
-        masking: dict[str, Any] = {"enabled": False, "why": "a server on this machine: nothing left it"}
-    elif not endpoint.deidentify:
-        masking = {"enabled": False, "why": "endpoint.deidentify is false"}
-    else:
-        from reward.deid import Deidentifier
-
-        masking = Deidentifier(endpoint.deid_patterns).describe()
-    return {"url": public_url(endpoint.base_url), "deidentification": masking}
-
-
 def summary(scored: list[dict[str, Any]], pairs: list[dict[str, Any]], counts: dict[str, int],
             source: Any) -> dict[str, Any]:
     values = [r["score"] for r in scored if r["score"] is not None]
@@ -205,6 +190,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     atomic_write_jsonl(ctx.output("pairs"), pairs, private=True)
     metrics = summary(scored, pairs, counts, source)
     if args.endpoint is not None:
+        from rlmed.generation import endpoint_record
+
         metrics["endpoint"] = endpoint_record(args.endpoint)
     ctx.metrics.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     if metrics["failed_fraction"] > args.max_failed_fraction:
