@@ -26,6 +26,7 @@ REFERRAL = "heldout_prompts/reward.triage"  # the triage rule: 1 when a danger s
 SIMILARITY = "heldout_prompts/reward.similarity"
 # Stages the control shares with the real run: configured identically, so copied over and skipped.
 UPSTREAM = ("base", "kb", "cpt", "sft")
+MIN_TASK_DISTANCE = 0.004  # see test_experts_route_by_task_and_keep_the_alignment
 
 
 def run(*extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -118,7 +119,12 @@ def test_alignment_stage_raises_the_feedback_reward_and_the_referral_rate(result
 
 def test_experts_route_by_task_and_keep_the_alignment(tiny_run, results):
     experts = manifest(tiny_run[0], "experts")["metrics"]
-    assert experts["tasks"] == 3 and experts["routing_task_distance_end"] > experts["routing_task_distance_start"]
+    # The three tasks' mean gate vectors start equal and must end apart by more than random thirds of the same
+    # rows do. The experts stage alone from this recipe's dfpo model (60 steps, 32 probe rows per task): real
+    # tasks 0.0099, 0.0065, 0.0066 (seeds 42, 1, 2); task labels shuffled across rows 0.0013, 0.0017, 0.0032.
+    # tests/stages/test_mole.py holds the stage's own control.
+    assert experts["tasks"] == 3 and experts["routing_task_distance_start"] < 1e-6
+    assert experts["routing_task_distance_end"] >= MIN_TASK_DISTANCE, experts
     effect = next(e for e in results["stage_effects"] if e["stage"] == "experts")
     assert effect["compared_with"] == "dfpo" and effect["verdict"] != "worse", effect
 

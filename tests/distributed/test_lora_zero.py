@@ -37,5 +37,10 @@ def test_reward_model_under_zero3_two_ranks_reports_held_out_accuracy(tmp_path, 
     result = launch(recipe_file(tmp_path, "rm_zero3", [stage]), ranks=2)
     assert result.returncode == 0, tail(result)
     metrics = manifest(tmp_path / "rm_zero3" / "rm")["metrics"]
-    assert metrics["eval_pairs"] == 16 and 0.0 <= metrics["eval_pairwise_accuracy"] <= 1.0
+    # The single-process stage (tests/stages/test_reward_model.py) ranks all 16 held-out easy pairs right; two
+    # ranks with half the batch each see the same global batch and must too. The easy pairs repeat one answer
+    # pair, so an untrained head ranks them all alike (accuracy 0 or 1 by chance, margins near 0): the margin
+    # shows the training (measured 3.99 here, loss 0.018).
+    assert metrics["eval_pairs"] == 16 and metrics["eval_pairwise_accuracy"] == 1.0, metrics
+    assert metrics["eval_mean_margin"] > 1.0, metrics
     assert (tmp_path / "rm_zero3" / "rm" / "model" / "model.safetensors").exists()

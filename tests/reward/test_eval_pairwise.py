@@ -36,7 +36,6 @@ def prefers_marker(body: dict) -> str:
 
 @pytest.fixture
 def make_judge(monkeypatch, judge_server):
-    pytest.importorskip("openai")
     from reward.judge import LLMJudge
 
     monkeypatch.setenv(KEY_ENV, "sk-pairwise-test")

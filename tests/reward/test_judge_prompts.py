@@ -246,7 +246,6 @@ def test_compare_prompt_labels_answers_a_and_b():
 def make_judge(monkeypatch, reply_for, **kwargs):
     """An LLMJudge whose client's chat returns reply_for(messages) (a str, given the request's tag as a
     compliant judge would) or raises what it returns."""
-    pytest.importorskip("reward.client")
     from reward.client import ChatResult, JudgeError
     from reward.judge import LLMJudge
 

@@ -184,7 +184,7 @@ def test_composite_builds_real_sources_from_component_dicts():
 
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForSequenceClassification
 

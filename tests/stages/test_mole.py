@@ -3,6 +3,7 @@ serving export load back through rlmed (and `rlmed export`) with the same logits
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 
@@ -11,13 +12,19 @@ import torch
 from tests.conftest import ROOT, read_metrics, write_jsonl
 from tests.stages.conftest import manifest, run_recipe
 
-# The per-task mean gate vectors (over the answers' tokens) start equal — the router starts at zero, so every
-# gate is uniform — and must end this far apart (L2; measured 0.034 after 60 steps, 0.008 after 30).
-MIN_TASK_DISTANCE = 0.015
+# The per-task mean gate vectors (over the answers' tokens of 24 probe rows per task) start equal (the router starts
+# at zero, so every gate is uniform) and drift apart with training whatever the tasks are: two random halves of
+# one mixture also end a little apart (sampling noise of the probe rows). So the real tasks must end this far
+# apart (L2), and the same rows with task labels shuffled must stay under a lower ceiling. Measured here over
+# seeds 1-4 after 60 steps: real tasks 0.041, 0.034, 0.030, 0.045; shuffled labels 0.007, 0.002, 0.006, 0.001.
+# (With 8 probe rows per task the shuffled control reached 0.011 against 0.013 for the real tasks.)
+MIN_TASK_DISTANCE = 0.018
+MAX_SHUFFLED_DISTANCE = 0.012
 
 
-def two_task_data(path, n: int = 96):
-    """Dosage questions answered with numbers and units, symptom questions with lists of symptoms."""
+def two_task_data(path, n: int = 96, shuffle_labels: bool = False):
+    """Dosage questions answered with numbers and units, symptom questions with lists of symptoms; with
+    `shuffle_labels`, the same rows with their `task` labels permuted (the labels then name no real task)."""
     rows = []
     for i in range(n):
         if i % 2:
@@ -28,12 +35,16 @@ def two_task_data(path, n: int = 96):
             rows.append({"task": "symptoms", "messages": [
                 {"role": "user", "content": f"手足口病第{i % 5 + 1}天有哪些表现？"},
                 {"role": "assistant", "content": "发热、口腔疱疹、手足皮疹，精神差或抽搐要及时就医。"}]})
+    if shuffle_labels:
+        labels = [row["task"] for row in rows]
+        random.Random(3).shuffle(labels)
+        rows = [{**row, "task": label} for row, label in zip(rows, labels)]
     return write_jsonl(path, rows)
 
 
 def mole_stage(model, data, **args) -> dict:
     return {"id": "experts", "kind": "mole", "inputs": {"model": str(model), "data": str(data)},
-            "args": {"r": 4, "alpha": 8, "num_experts": 3, "routing_every": 20, "routing_rows_per_task": 8,
+            "args": {"r": 4, "alpha": 8, "num_experts": 3, "routing_every": 20, "routing_rows_per_task": 24,
                      "validation_fraction": 0.0, **args},
             "trainer": {"max_steps": 60, "learning_rate": 1e-2, "per_device_train_batch_size": 8, "max_length": 128,
                         "gradient_checkpointing": False}}
@@ -71,6 +82,15 @@ def test_mole_trains_separates_tasks_and_exports(tmp_path, tiny_model):
     assert done.returncode == 0, done.stderr[-2000:]
     with torch.no_grad():
         assert torch.allclose(load_causal_lm(str(out)).eval()(ids).logits, adapter, atol=1e-5)
+
+
+def test_routing_does_not_separate_shuffled_task_labels(tmp_path, tiny_model):
+    """The control for the separation above: the same rows and training, labels that name no task."""
+    data = two_task_data(tmp_path / "tasks.jsonl", shuffle_labels=True)
+    assert run_recipe(tmp_path, [mole_stage(tiny_model, data, aux_loss_coef=0.01)]) == 0
+    m = manifest(tmp_path, "experts")["metrics"]
+    assert m["tasks"] == 2 and m["routing_task_distance_start"] < 1e-6
+    assert m["routing_task_distance_end"] < MAX_SHUFFLED_DISTANCE, m["routing_task_distance_end"]
 
 
 def test_export_refuses_a_folder_that_is_not_a_mole_adapter(tmp_path, tiny_model):
