@@ -12,7 +12,11 @@ import asyncio
 import email.utils
 import random
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
+
+# Tokens a request may be short and still go: refills add rate * elapsed in floats, so a level can end 1e-14
+# below what was waited for, and the next sleep (1e-17 s) would not move a coarse clock: a busy loop.
+_ROUNDING = 1e-9
 
 
 class TokenBucket:
@@ -22,7 +26,8 @@ class TokenBucket:
     bucket and then drives the level negative, so it is neither refused nor starved, and the debt delays the
     requests after it: the long-run rate still holds. `adjust` corrects an estimate once the real cost is known.
     Waiters are served first come, first served (asyncio.Lock is fair), so no request starves behind later ones.
-    The bucket belongs to the event loop it is first awaited on.
+    The bucket belongs to the event loop it is first awaited on. `clock` and `sleep` are injectable so the pacing
+    can be checked exactly, on a fake clock, without spending wall time.
     """
 
     def __init__(
@@ -32,13 +37,14 @@ class TokenBucket:
         *,
         burst_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         if rate_per_s <= 0:
             raise ValueError(f"rate_per_s must be positive, got {rate_per_s}")
         self.rate = float(rate_per_s)
         # At least one whole request must fit, or a very low rate could never admit anything.
         self.capacity = float(capacity) if capacity is not None else max(1.0, self.rate * burst_s)
-        self._clock = clock
+        self._clock, self._sleep = clock, sleep
         self._level = self.capacity
         self._last = clock()
         self._lock: asyncio.Lock | None = None
@@ -68,10 +74,10 @@ class TokenBucket:
             need = min(n, self.capacity)
             while True:
                 self._refill()
-                if self._level >= need:
+                if self._level >= need - _ROUNDING:
                     self._level -= n
                     return self._clock() - start
-                await asyncio.sleep((need - self._level) / self.rate)
+                await self._sleep((need - self._level) / self.rate)
 
     def adjust(self, delta: float) -> None:
         """Take `delta` more tokens (or give back -delta) after an estimate turned out wrong."""

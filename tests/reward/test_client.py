@@ -140,27 +140,49 @@ def test_requests_per_minute_respected_over_a_short_window(judge_server):
         assert sum(t <= u < t + 1.0 for u in times) <= 21
 
 
-def test_token_bucket_paces_tokens_and_corrects_estimates():
-    async def go() -> tuple[float, float, float]:
-        bucket = TokenBucket(1000.0, capacity=100.0)
-        start = time.monotonic()
-        for _ in range(10):
-            await bucket.acquire(50)  # 500 tokens, 100 free: ~0.4 s
-        paced = time.monotonic() - start
-        await asyncio.sleep(0.1)  # refill
-        await bucket.acquire(100)
-        bucket.adjust(60)  # the request cost 60 more than estimated: a debt
-        start = time.monotonic()
-        await bucket.acquire(10)
-        debt_wait = time.monotonic() - start
-        start = time.monotonic()
-        await bucket.acquire(250)  # bigger than the bucket: admitted once full, not refused
-        return paced, debt_wait, time.monotonic() - start
+class FakeTime:
+    """A clock that moves only when the bucket sleeps: every wait is exact, and no wall time passes. A bucket that
+    never admits a request would sleep forever on it, so more than `limit_s` of fake sleeping is an error."""
 
-    paced, debt_wait, big_wait = run(go())
-    assert 0.35 <= paced < 1.0
-    assert 0.06 <= debt_wait < 0.5
-    assert big_wait < 0.5
+    def __init__(self, limit_s: float = 60.0) -> None:
+        self.now, self.limit_s = 0.0, limit_s
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        if self.now + seconds <= self.now:  # a sleep the clock cannot register: the bucket would spin forever
+            raise RuntimeError(f"the bucket slept {seconds!r} s at {self.now!r}: no time passes")
+        self.now += seconds
+        if self.now > self.limit_s:
+            raise RuntimeError(f"the bucket has made a request wait over {self.limit_s} s")
+
+
+def test_token_bucket_paces_tokens_and_corrects_estimates():
+    fake = FakeTime()
+    bucket = TokenBucket(1000.0, capacity=100.0, clock=fake.clock, sleep=fake.sleep)
+
+    async def go() -> dict[str, list[float]]:
+        waits = {"paced": [await bucket.acquire(50) for _ in range(10)]}
+        fake.now += 0.5  # idle for longer than a refill takes: the level stops at the capacity, 100
+        waits["full"] = [await bucket.acquire(100)]
+        bucket.adjust(60)  # the request cost 60 more than estimated: a debt of 60 tokens
+        waits["debt"] = [await bucket.acquire(10)]
+        waits["big"] = [await bucket.acquire(250)]  # bigger than the bucket: admitted once full, not refused
+        waits["after_big"] = [await bucket.acquire(1)]  # ...and it leaves a debt of 150 behind
+        fake.now += 0.03  # 30 tokens back
+        waits["partial"] = [await bucket.acquire(50)]  # waits for the 20 missing only
+        return waits
+
+    waits = run(go())
+    # 100 tokens in the bucket pay for the first two; each further 50 takes 50 / 1000 s to refill.
+    assert waits["paced"] == pytest.approx([0.0, 0.0] + [0.05] * 8)
+    assert waits["full"] == [0.0]
+    assert waits["debt"] == pytest.approx([0.07])  # 60 owed + 10 asked, at 1000/s
+    assert waits["big"] == pytest.approx([0.1])  # from empty to full: 100 / 1000 s
+    assert waits["after_big"] == pytest.approx([0.151])  # 150 owed + 1 asked
+    assert waits["partial"] == pytest.approx([0.02])
+    assert fake.now == pytest.approx(0.4 + 0.5 + 0.07 + 0.1 + 0.151 + 0.03 + 0.02)
 
 
 def test_chat_many_keeps_order_and_returns_failures_as_objects(judge_server):

@@ -19,9 +19,29 @@ def rows(tmp_path, name: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+# Per-prompt gaps between the best and worst scored answer in the test below (CharOverlap, fail_every=5), measured
+# for generation seeds 0-5 (args.seed; the recipe's default is 1), each sorted, on this machine:
+#   0: .023 .034 .056 .071 .072 .075   1: .000 .015 .032 .034 .048 .054   2: .009 .016 .036 .068 .068 .080
+#   3: .008 .016 .030 .051 .079 .179   4: .023 .038 .040 .054 .077 .079   5: .030 .034 .045 .048 .054 .064
+# A bar of 0.045 leaves 2-3 prompts below it and 2-4 pairs above it in every seed: both sides are exercised.
+MIN_MARGIN = 0.045
+
+
+def expected_pairs(scored: list[dict], min_margin: float) -> dict[str, tuple[float, float]]:
+    """(best, worst) score per prompt, recomputed from scored.jsonl, for the prompts that should pair: two or more
+    non-empty answers with a score, whose best and worst differ, by at least min_margin."""
+    by_prompt: dict[str, list[float]] = {}
+    for r in scored:
+        if r["score"] is not None and r["completion"].strip():
+            by_prompt.setdefault(r["prompt_id"], []).append(r["score"])
+    gaps = {p: (max(v), min(v)) for p, v in by_prompt.items() if len(v) >= 2}
+    return {p: (hi, lo) for p, (hi, lo) in gaps.items() if hi > lo and hi - lo >= min_margin}
+
+
 def test_feedback_writes_candidates_scores_and_pairs(tmp_path, tiny_model):
     reward = {"_component_": "tests.helpers.rewards.CharOverlap", "fail_every": 5}
-    assert run_recipe(tmp_path, [feedback(str(tiny_model), reward, max_failed_fraction=0.5)]) == 0
+    stage = feedback(str(tiny_model), reward, max_failed_fraction=0.5, min_margin=MIN_MARGIN)
+    assert run_recipe(tmp_path, [stage]) == 0
     candidates, scored, pairs = rows(tmp_path, "candidates.jsonl"), rows(tmp_path, "scored.jsonl"), \
         rows(tmp_path, "pairs.jsonl")
     assert len(candidates) == len(scored) == 6 * 3
@@ -29,10 +49,17 @@ def test_feedback_writes_candidates_scores_and_pairs(tmp_path, tiny_model):
     assert all(c["reference"] for c in candidates)  # the doctor's reply travels with every candidate
     unscored = [s for s in scored if s["score"] is None]
     assert len(unscored) == 18 // 5 and all(s["error"] == "deliberately unscored" for s in unscored)
-    for pair in pairs:
-        assert pair["chosen_score"] > pair["rejected_score"] and pair["margin"] > 0
-        assert pair["messages"][-1]["role"] == "user"
     m = manifest(tmp_path, "fb")["metrics"]
+    assert len(pairs) > 0 and m["below_margin"] > 0  # both sides of the bar occur (measurements above)
+    assert {p["prompt_id"]: (p["chosen_score"], p["rejected_score"]) for p in pairs} == \
+        expected_pairs(scored, MIN_MARGIN)
+    answers = {(s["prompt_id"], s["completion"], s["score"]) for s in scored}
+    prompts = {s["prompt_id"]: s["prompt"] for s in scored}
+    for pair in pairs:  # the texts are the candidates that got those scores, asked that prompt
+        assert (pair["prompt_id"], pair["chosen"], pair["chosen_score"]) in answers
+        assert (pair["prompt_id"], pair["rejected"], pair["rejected_score"]) in answers
+        assert pair["margin"] == pair["chosen_score"] - pair["rejected_score"] >= MIN_MARGIN
+        assert pair["messages"] == prompts[pair["prompt_id"]] and pair["messages"][-1]["role"] == "user"
     assert m["candidates"] == 18 and m["failed_scores"] == 3 and m["pairs"] == len(pairs)
     assert m["pairs"] + m["ties"] + m["below_margin"] + m["too_few_scored"] == 6
     assert sum(m["score_histogram"]["counts"]) == 15
@@ -54,16 +81,3 @@ def test_pairs_feed_the_pairwise_reader(tmp_path, tiny_model):
     assert run_recipe(tmp_path, [feedback(str(tiny_model), reward, min_margin=0.01)]) == 0
     pairs = read_records(tmp_path / "run" / "fb" / "pairs.jsonl")
     assert pairs and all(as_pair(r).chosen != as_pair(r).rejected for r in pairs)
-
-
-def test_an_empty_answer_is_never_paired_and_is_counted():
-    from rlmed.stages.ai_feedback import make_pairs
-
-    def row(sample, completion, score):
-        return {"prompt_id": "p0", "sample": sample, "prompt": [{"role": "user", "content": "孩子发烧怎么办？"}],
-                "reference": "多喝水。", "completion": completion, "score": score}
-
-    scored = [row(0, "", -1.0), row(1, "多喝水，观察精神。", 0.2), row(2, "立即去急诊。", 0.9)]
-    pairs, counts = make_pairs(scored, min_margin=0.0)
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("立即去急诊。", "多喝水，观察精神。")]
-    assert counts["empty_answers"] == 1

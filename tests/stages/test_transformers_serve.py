@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
+import urllib.error
 import urllib.request
+from collections import Counter
 
 import pytest
 
 from tests.distributed.conftest import free_port
+from tests.reward.server import Fault, JudgeServer, Reply
 from tests.stages.conftest import manifest, run_recipe, sample
 
 
@@ -45,7 +49,40 @@ def served(talking_model):
         yield f"http://127.0.0.1:{port}/v1", str(talking_model)
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # still busy generating: it must not outlive the tests
+            process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.fixture
+def relay(served):
+    """A recording relay in front of the server (the test judge server, answering by forwarding): what the stage
+    sent and what it got back, seen from outside the stage, whose audit log is only its own account.
+    The served model answers every prompt alike (measured: "，，，，..." to each), so the relay ends each reply
+    with its request's number: a reply filed under another prompt then shows.
+    Yields (server, replies): server.received holds the request bodies, replies (messages, text as relayed)."""
+    base_url, _ = served
+    replies: list[tuple[list[dict], str]] = []
+    lock = threading.Lock()  # the relay answers requests concurrently
+
+    def forward(body: dict) -> Reply | Fault:
+        request = urllib.request.Request(f"{base_url}/chat/completions", data=json.dumps(body).encode("utf-8"),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                choice = json.load(response)["choices"][0]
+        except urllib.error.HTTPError as exc:  # passed on as it came, so the stage sees the server's error
+            return Fault("status", exc.code)
+        with lock:
+            text = f"{choice['message']['content']} #{len(replies)}"
+            replies.append((body["messages"], text))
+        return Reply(text, choice.get("finish_reason"))
+
+    with JudgeServer() as server:
+        server.script(then=forward, copy_tag=False)
+        yield server, replies
 
 
 def test_judge_replies_from_a_random_model_are_retried_counted_and_reported(tmp_path, tiny_model, served):
@@ -65,8 +102,10 @@ def test_judge_replies_from_a_random_model_are_retried_counted_and_reported(tmp_
     assert all(r["score"] is None and r["error"] for r in scored)
 
 
-def test_generation_through_the_server_writes_candidates_like_local_generation(tmp_path, served):
-    base_url, model = served
+def test_generation_through_the_server_writes_candidates_like_local_generation(tmp_path, served, relay):
+    _, model = served
+    server, replies = relay
+    base_url = server.base_url
     reward = {"_component_": "tests.helpers.rewards.CharOverlap"}
     args = {"samples_per_prompt": 2, "max_prompts": 3, "max_new_tokens": 12}
     local = {"id": "fb", "kind": "ai_feedback", "inputs": {"model": model,
@@ -86,6 +125,16 @@ def test_generation_through_the_server_writes_candidates_like_local_generation(t
     assert [(r["prompt_id"], r["sample"], r["prompt"], r["reference"]) for r in a] == \
         [(r["prompt_id"], r["sample"], r["prompt"], r["reference"]) for r in b]
     assert all(isinstance(r["completion"], str) and r["completion"] for r in a + b)
+    # The server was asked: one request per sample (servers differ on `n`, so it is not relied on), each prompt
+    # as written (a local server: nothing masked), with the stage's sampling settings.
+    assert len(server.received) == 3 * 2
+    assert all(body["model"] == model and body.get("n", 1) == 1 and body["max_tokens"] == 12
+               and body["temperature"] == 1.0 for body in server.received)
+    asked = Counter(json.dumps(body["messages"], ensure_ascii=False) for body in server.received)
+    assert asked == Counter(json.dumps(r["prompt"], ensure_ascii=False) for r in b) and len(asked) == 3
+    # ...and its replies are the candidates (per prompt; the requests run concurrently, so in any order).
+    assert sorted((json.dumps(r["prompt"], ensure_ascii=False), r["completion"]) for r in b) == \
+        sorted((json.dumps(messages, ensure_ascii=False), text.strip()) for messages, text in replies)
     # The manifest says where the prompts went and whether they were masked; the audit log lists each request.
     record = manifest(tmp_path / "remote", "fb")["metrics"]["endpoint"]
     assert record["url"] == base_url.rstrip("/") and record["deidentification"]["enabled"] is False
