@@ -1,7 +1,9 @@
 """trl's DPOTrainer plus DFPO's length-normalised NLL on the chosen answer (PediatricsGPT, methods.md §5).
 
 trl computes the preference loss (any of its loss types) and logs margins, accuracies and log-probs; this
-subclass adds μ · mean over pairs of -(1/|y_w|) Σ_t log π(y_w,t) (rlmed.rl.dpo_math.chosen_nll). The per-token
+subclass adds μ · mean over pairs of -(1/|y_w|) Σ_t log π(y_w,t) (each chosen answer's NLL is the mean over its
+own tokens) through rlmed.rl.dpo_math.dfpo, the one implementation of the term: tests/unit/test_dpo_math.py checks
+it by hand, tests/unit/test_dfpo_trainer_loss.py checks this trainer's loss against logits. The per-token
 log-probs of the policy's forward are taken from that same forward (a hook on the model keeps its output), so
 the extra term costs no extra pass. trl's own "sft" loss type is a token mean over the batch, which is not
 DFPO's per-answer normalisation.
@@ -13,7 +15,7 @@ from typing import Any
 
 from trl import DPOTrainer
 
-from rlmed.rl.dpo_math import chosen_nll
+from rlmed.rl.dpo_math import chosen_nll, dfpo
 
 
 class DFPOTrainer(DPOTrainer):
@@ -42,9 +44,9 @@ class DFPOTrainer(DPOTrainer):
         per_token = self._captured.log_probs[:, -shift_mask.size(1):]
         chosen_logps, _ = per_token.chunk(2, dim=0)  # the batch is [chosen; rejected]
         chosen_mask, _ = shift_mask.chunk(2, dim=0)
-        nll = chosen_nll(chosen_logps, chosen_mask)
         self._captured = None
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["dfpo_nll"].append(self.accelerator.gather(nll.detach()).mean().item())
-        loss = loss + self.nll_weight * nll.mean()
+        nll = chosen_nll(chosen_logps.detach(), chosen_mask)  # logged only; the loss's own comes from dfpo()
+        self._metrics[mode]["dfpo_nll"].append(self.accelerator.gather(nll).mean().item())
+        loss = dfpo(loss, chosen_logps, chosen_mask, self.nll_weight)  # trl's loss is already the mean over pairs
         return (loss, *rest) if return_outputs else loss

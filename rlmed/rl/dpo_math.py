@@ -29,5 +29,9 @@ def chosen_nll(chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor) -> t
 
 def dfpo(dpo_per_pair: torch.Tensor, chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor,
          nll_weight: float) -> torch.Tensor:
-    """L_DFPO = mean over pairs of (L_DPO + μ · chosen_nll); μ = 0 is plain DPO."""
+    """L_DFPO = mean over pairs of (L_DPO + μ · chosen_nll); μ = 0 is plain DPO.
+
+    `dpo_per_pair` may also be a scalar already averaged over the pairs (trl's loss, as DFPOTrainer passes it):
+    the mean is linear, so the result is the same.
+    """
     return (dpo_per_pair + nll_weight * chosen_nll(chosen_token_logps, chosen_mask)).mean()

@@ -65,6 +65,10 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     trainer = DFPOTrainer(model=model, args=config, train_dataset=conversational(train_pairs),
                           eval_dataset=conversational(eval_pairs) if eval_pairs else None,
                           processing_class=tokenizer, callbacks=training.callbacks(ctx), nll_weight=args.nll_weight)
+    if args.lora is not None and "ref" in trainer.model.peft_config:
+        # trl keeps a copy of an adapter it is handed as the reference ("ref") and would save it with the model.
+        # Ours is fresh (LoRA's B starts at 0), so the adapter-disabled model is that same reference, without a copy.
+        trainer.model.delete_adapter("ref")
     metrics = training.train(ctx, trainer)
     training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
     return {**metrics, **parameters, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
