@@ -13,7 +13,8 @@ from tests.conftest import SAMPLE, read_metrics, write_recipe
 
 FAST_STEPS = 80
 # With fast_trainer, the mean loss of the last 5 steps must end below this fraction of the first step's loss
-# (random init starts near ln(2048) = 7.6; measured: ~0.55 for pretrain, ~0.51 for sft on the sample data).
+# (random init starts near ln(2048) = 7.6). Measured over recipe seeds 1-4 on the sample data (this machine):
+# 0.536-0.548 for pretrain (test_pretrain), 0.496-0.541 for sft (test_sft); the bar leaves 0.1 above the worst.
 LOSS_FRACTION = 0.65
 
 

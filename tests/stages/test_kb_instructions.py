@@ -8,9 +8,11 @@ from pathlib import Path
 from rlmed.cli import main
 from rlmed.data.formats import as_messages
 from rlmed.data.records import read_records
+from rlmed.data.sources import dialogue, load_sources
 from rlmed.recipe import load_recipe
 from rlmed.stages.base import DataSource, StageContext
 from rlmed.stages.kb_instructions import Args, run
+from rlmed.stages.sft import tokenize_all
 from tests.conftest import SAMPLE, write_jsonl, write_recipe
 from tests.stages.conftest import manifest
 
@@ -91,13 +93,27 @@ def test_bad_rows_are_skipped_and_counted_with_on_bad_rows_skip(tmp_path):
                                           "needs text, a number or a list"]
 
 
-def test_its_output_is_a_valid_instructions_input_for_sft(tmp_path, monkeypatch):
+def test_its_output_is_a_valid_instructions_input_for_sft(tmp_path, monkeypatch, tiny_tokenizer):
+    """A recipe may hand `$kb.instructions` to sft, and sft's own loading and tokenising turn the written file into
+    one training row per pair whose loss falls on the answer (and its end of turn) and nowhere else."""
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "corpus.jsonl", [{"text": "小儿发热的护理要点。"}])
     stages = [kb_stage(tmp_path, TEMPLATES), {"id": "base", "kind": "tiny_model", "inputs": {"texts": "corpus.jsonl"}},
               {"id": "sft", "kind": "sft", "inputs": {"model": "$base.model", "data": "$kb.instructions"}}]
     recipe = load_recipe(write_recipe(tmp_path / "recipe.yaml", {"name": "x", "stages": stages}))
     assert str(recipe.stage("sft").inputs["data"][0].path) == "$kb.instructions"
+
+    assert run_recipe(tmp_path, [kb_stage(tmp_path, TEMPLATES, system=SYSTEM)]) == 0
+    out = DataSource(str(tmp_path / "run" / "kb" / "instructions.jsonl"))
+    dialogues = load_sources([out], dialogue, seed=0, keep_order=True).items
+    rows = tokenize_all(tiny_tokenizer, dialogues, "kb")
+    assert len(rows) == len(EXPECTED)
+    for row, expected in zip(rows, EXPECTED):
+        trained = [t for t in row["labels"] if t != -100]
+        assert [t if m else -100 for t, m in zip(row["input_ids"], row["assistant_masks"])] == row["labels"]
+        assert tiny_tokenizer.decode(trained) == expected["output"] + "<|im_end|>"
+        text = tiny_tokenizer.decode(row["input_ids"])
+        assert SYSTEM in text and expected["instruction"] in text
 
 
 def test_sample_knowledge_base_smoke(tmp_path):

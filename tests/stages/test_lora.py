@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig
 
 from rlmed.models.loading import load_causal_lm
 from tests.stages.conftest import manifest, run_recipe, sample
@@ -44,11 +46,20 @@ def test_lora_sft_hands_off_to_full_sft_and_merged_equals_unmerged(tmp_path, tin
         manifest(tmp_path, "lora_sft")["metrics"]["total_parameters"] * 0.2
 
 
-def test_lora_pretrain_writes_an_adapter(tmp_path, tiny_model):
+def test_lora_pretrain_writes_a_trained_adapter(tmp_path, tiny_model):
     stages = [{"id": "cpt", "kind": "pretrain", "inputs": {"model": str(tiny_model), "corpus": sample("corpus.jsonl")},
-               "args": {"max_length": 64, "num_documents": 100, "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}},
+               "args": {"max_length": 64, "num_documents": 100,
+                        "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}},
                "trainer": {"max_steps": 2}}]
     assert run_recipe(tmp_path, stages) == 0
-    config = json.loads((tmp_path / "run" / "cpt" / "model" / "adapter_config.json").read_text())
+    adapter = tmp_path / "run" / "cpt" / "model"
+    config = json.loads((adapter / "adapter_config.json").read_text())
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     assert not (tmp_path / "run" / "cpt" / "merged").exists()
+    # peft starts every lora_B at zero (the adapter adds nothing until trained): each one, on every targeted
+    # module of every layer, must have moved.
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    lora_b = {key: w for key, w in weights.items() if ".lora_B." in key}
+    layers = AutoConfig.from_pretrained(tiny_model).num_hidden_layers
+    assert len(lora_b) == 2 * layers, sorted(weights)
+    assert all(w.abs().max().item() > 0 for w in lora_b.values()), [k for k, w in lora_b.items() if not w.any()]

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from tests.stages.conftest import FAST_STEPS, LOSS_FRACTION, losses, manifest, run_recipe, sample
 
 # Measured instruction share of trained documents vs instruction_ratio: the mix is exact, only the held-out
-# split (5%, a random slice) moves it.
+# split (5%, a random slice) moves it (0.295-0.306 for a ratio of 0.3 over recipe seeds 1-4).
 SHARE_TOLERANCE = 0.03
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from tests.conftest import ROOT, read_metrics, write_recipe
 from tests.stages.conftest import run_recipe, sample
@@ -55,39 +56,62 @@ def test_second_run_skips_both_and_a_changed_arg_reruns_only_what_depends_on_it(
 
 
 KILLED_STAGES = {
-    "pretrain": {"inputs": {"corpus": sample("corpus.jsonl")}, "args": {"max_length": 64}},
-    "sft": {"inputs": {"data": sample("dialogues.jsonl")}, "args": {}, "trainer": {"max_length": 256}},
+    "pretrain": {"inputs": {"corpus": sample("corpus.jsonl")}, "args": {"max_length": 64, "num_documents": 200}},
+    "sft": {"inputs": {"data": sample("dialogues.jsonl")}, "args": {"num_samples": 96},
+            "trainer": {"max_length": 256}},
 }
+
+
+def killable_stage(model: Path, kind: str, kill: bool) -> dict:
+    """8 steps with checkpoints at 4 and 8; with `kill`, a SIGKILL right after checkpoint-4 (when armed)."""
+    spec = KILLED_STAGES[kind]
+    stage = {"id": "cpt", "kind": kind, "inputs": {"model": str(model), **spec["inputs"]},
+             "args": {**spec["args"], "validation_fraction": 0},
+             "trainer": {"max_steps": 8, "save_steps": 4, "learning_rate": 1e-3, "logging_steps": 1,
+                         **spec.get("trainer", {})}}
+    if kill:
+        stage["callbacks"] = [{"_component_": "tests.helpers.callbacks.KillAfterCheckpoint", "step": 4}]
+    return stage
+
+
+def run_in_subprocess(recipe: Path, armed: bool) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if armed:
+        env["RLMED_TEST_KILL"] = "1"
+    return subprocess.run([sys.executable, str(ROOT / "rlmed" / "run.py"), str(recipe)], env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("kind", sorted(KILLED_STAGES))
 def test_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, tiny_model, kind):
-    spec = KILLED_STAGES[kind]
-    stages = [{
-        "id": "cpt", "kind": kind,
-        "inputs": {"model": str(tiny_model), **spec["inputs"]},
-        "args": {**spec["args"], "validation_fraction": 0},
-        "trainer": {"max_steps": 12, "save_steps": 5, "learning_rate": 1e-3, **spec.get("trainer", {})},
-        "callbacks": [{"_component_": "tests.helpers.callbacks.KillAfterCheckpoint", "step": 10}],
-    }]
-    recipe = write_recipe(tmp_path / "recipe.yaml", {"name": "kill", "run_dir": str(tmp_path / "run"), "stages": stages})
-    command = [sys.executable, str(ROOT / "rlmed" / "run.py"), str(recipe)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLMED_TEST_KILL": "1"}
-    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    """Killed after checkpoint-4 and run again, the stage ends where an uninterrupted run ends: the same loss at
+    every step after the resume and the same final weights, so the weights, optimizer and scheduler state and
+    the data order all came back from the checkpoint (losing any of them changes steps 5-8)."""
+    recipe = write_recipe(tmp_path / "recipe.yaml", {"name": "kill", "run_dir": str(tmp_path / "run"),
+                                                     "defaults": {"seed": 1},  # run_recipe's seed, as below
+                                                     "stages": [killable_stage(tiny_model, kind, kill=True)]})
+    killed = run_in_subprocess(recipe, armed=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     stage_dir = tmp_path / "run" / "cpt"
     assert not (stage_dir / "manifest.json").exists()
-    assert (stage_dir / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists()
+    assert (stage_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists()
 
-    env.pop("RLMED_TEST_KILL")
-    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    resumed = run_in_subprocess(recipe, armed=False)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stderr and "checkpoint-10 (step 10)" in resumed.stderr
+    assert "checkpoint-4 (step 4)" in resumed.stderr
     manifest = json.loads((stage_dir / "manifest.json").read_text())
-    assert manifest["resumed"] is True and manifest["metrics"]["resumed_from_step"] == 10
-    assert manifest["metrics"]["global_step"] == 12
-    steps = [r["step"] for r in read_metrics(stage_dir) if "loss" in r]
-    assert steps == list(range(1, 13))  # steps 11-12 once, from the resumed run; nothing duplicated
+    assert manifest["resumed"] is True and manifest["metrics"]["resumed_from_step"] == 4
+
+    # The uninterrupted run, in this process (no kill callback: same seed, data and settings otherwise).
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    assert run_recipe(straight, [killable_stage(tiny_model, kind, kill=False)], name="kill") == 0
+    a, b = read_metrics(stage_dir), read_metrics(straight / "run" / "cpt")
+    assert [r["step"] for r in a if "loss" in r] == list(range(1, 9))  # 5-8 once, from the resumed run
+    assert [r["loss"] for r in a if "loss" in r] == pytest.approx([r["loss"] for r in b if "loss" in r], rel=1e-5)
+    wa = load_file(str(stage_dir / "model" / "model.safetensors"))
+    wb = load_file(str(straight / "run" / "cpt" / "model" / "model.safetensors"))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
 
 
 def test_changed_config_after_a_crash_starts_over(tmp_path, tiny_model):

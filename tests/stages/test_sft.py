@@ -52,23 +52,33 @@ def test_sft_loss_falls_and_model_is_saved(tmp_path, tiny_model, fast_trainer):
 
 
 def test_two_chained_sft_stages_disc_medllm_style(tmp_path, tiny_model):
-    """Stage 1 on broad data, stage 2 ('behaviour fine-tuning') on a small set with a lower lr, from stage 1."""
+    """Stage 1 on broad data, stage 2 ('behaviour fine-tuning') on a small set with a lower lr, from stage 1.
+
+    `sft2_still` is stage 2 at learning rate 0: it saves exactly the weights it started from, and those are
+    stage 1's (from the base model they would be the base's), so a stage 2 that moved away from them trained on
+    top of stage 1 rather than beside it."""
+    stage2 = {"kind": "sft", "inputs": {"model": "$sft1.model", "data": sample("sharegpt.jsonl")},
+              "args": {"num_samples": 40, "validation_fraction": 0},
+              "trainer": {"max_steps": 4, "learning_rate": 5e-4, "per_device_train_batch_size": 4}}
     stages = [
         {"id": "sft1", "kind": "sft", "inputs": {"model": str(tiny_model), "data": sample("dialogues.jsonl")},
          "trainer": {"max_steps": 6, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
                      "train_sampling_strategy": "group_by_length"},
          "callbacks": [{"_component_": "tests.stages.test_sft.SamplerProbe", "path": str(tmp_path / "probe.json")}]},
-        {"id": "sft2", "kind": "sft", "inputs": {"model": "$sft1.model", "data": sample("sharegpt.jsonl")},
-         "args": {"num_samples": 40, "validation_fraction": 0},
-         "trainer": {"max_steps": 4, "learning_rate": 5e-4, "per_device_train_batch_size": 4}},
+        {"id": "sft2", **stage2},
+        {"id": "sft2_still", **stage2, "trainer": {**stage2["trainer"], "max_steps": 1, "learning_rate": 0.0}},
     ]
     assert run_recipe(tmp_path, stages) == 0
     first, second = manifest(tmp_path, "sft1"), manifest(tmp_path, "sft2")
     assert second["inputs"]["model"] == first["outputs"]["model"]
     assert second["metrics"]["train_dialogues"] == 40 and second["metrics"]["eval_dialogues"] == 0
-    a = AutoModelForCausalLM.from_pretrained(first["outputs"]["model"]).state_dict()
-    b = AutoModelForCausalLM.from_pretrained(second["outputs"]["model"]).state_dict()
-    assert any(not torch.equal(a[k], b[k]) for k in a)  # stage 2 trained on top of stage 1
+    weights = {stage: AutoModelForCausalLM.from_pretrained(tmp_path / "run" / stage / "model").state_dict()
+               for stage in ("sft1", "sft2", "sft2_still")}
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    a, b, still = weights["sft1"], weights["sft2"], weights["sft2_still"]
+    assert any(not torch.equal(a[k], base[k]) for k in a)  # stage 1 trained
+    assert all(torch.equal(a[k], still[k]) for k in a)  # stage 2 starts from stage 1's weights...
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # ...and trains on from there
     # The length-grouping switch (2% padding instead of 43%: bench.data) reaches the sampler trl's trainer uses.
     probe = json.loads((tmp_path / "probe.json").read_text(encoding="utf-8"))
     assert probe["strategy"] == "group_by_length" and "LengthGroupedSampler" in probe["samplers"], probe
