@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlmed.data.formats import SOURCE_FORMATS as DATA_FORMATS
-from rlmed.stages.base import DataSource, Input, StageSpec
+from rlmed.data.sources import DataSource
+from rlmed.stages.base import Input, StageSpec
 
 REF_PATTERN = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")

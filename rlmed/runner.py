@@ -27,9 +27,10 @@ from rlmed.artifacts import (
     MANIFEST, STARTED, HashCache, atomic_write_json, git_revision, manifest_hash, package_versions,
     read_manifest, stable_hash,
 )
+from rlmed.data.sources import DataSource
 from rlmed.inputs import Ref, parse_ref
 from rlmed.recipe import Recipe, Stage, component_refs, describe_input
-from rlmed.stages.base import DataSource, StageContext
+from rlmed.stages.base import StageContext
 from rlmed.tracking import StageRun, redact
 
 logger = logging.getLogger(__name__)

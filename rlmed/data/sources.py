@@ -4,13 +4,16 @@ Each source is read (rlmed.data.records: any supported file or a saved dataset f
 (its ``columns:``), every row converted by the stage's converter, and bad rows either stop the stage with
 ``file:line: reason`` (``on_bad_rows: fail``, the default) or are dropped and counted (``skip``). The counts
 travel with the mixed rows so a stage can put them into its manifest (:func:`bad_row_metrics`).
+
+`DataSource` (one resolved source) lives here, below the stages, so that data code never imports the stage
+contract; rlmed.stages.base re-exports it for stage files.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Literal, Sequence, TypeVar
 
 from rlmed.data.columns import rename_rows
 from rlmed.data.dialogues import DoctorPrompt, as_doctor_prompts
@@ -19,16 +22,33 @@ from rlmed.data.mixing import MixResult, mix
 from rlmed.data.pairwise import Pair, as_pair
 from rlmed.data.records import DataError, Record, Row, scan_records
 from rlmed.data.tables import without_nulls
-from rlmed.stages.base import DataSource
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["SourceRows", "scan_source", "source_records", "convert_source", "load_sources", "bad_row_metrics",
-           "dialogue", "text", "pair", "doctor_prompts"]
+__all__ = ["DataSource", "SourceRows", "scan_source", "source_records", "convert_source", "load_sources",
+           "bad_row_metrics", "dialogue", "text", "pair", "doctor_prompts"]
 
 # How many bad-row messages are kept for logs and manifests; the count covers the rest.
 MAX_REASONS = 5
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One data file of a `data` input, as resolved from the recipe.
+
+    `columns` renames the user's columns to rlmed's field names as rows are read ({rlmed field: user column});
+    `on_bad_rows` says whether a row that fails conversion stops the stage ("fail") or is dropped and counted
+    ("skip"), since large scraped datasets rarely come without a few broken rows.
+    """
+
+    path: str  # absolute local path, or a Hub dataset id
+    weight: float | None = None
+    format: str | None = None
+    is_local: bool = True
+    # Left out of the hash (a dict cannot be hashed) but not of equality; the runner hashes asdict(), not this.
+    columns: dict[str, str] | None = field(default=None, hash=False)
+    on_bad_rows: Literal["fail", "skip"] = "fail"
 
 
 @dataclass

@@ -25,7 +25,6 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,9 +35,13 @@ from transformers import Trainer, TrainerCallback
 from rlmed import dist
 from rlmed.models.dropout import disable_dropout
 from rlmed.rl import ppo_math
-from rlmed.rl.online import RewardCounter
-from rlmed.rl.policy_value import PolicyAndValue, bare
 from rlmed.rl.experience import left_pad, position_ids, response_mask, response_slice, token_logprobs
+from rlmed.rl.policy_value import PolicyAndValue
+from rlmed.rl.ppo_config import PPOSettings
+from rlmed.rl.rewards import RewardCounter, over_limit
+from rlmed.rl.rollout import (
+    Experience, RolloutTotals, advantages, minibatch_plan, rollout_stats, rollout_totals, sample_rows, score_samples,
+)
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "ppo_state.json"
@@ -75,43 +78,12 @@ class RolloutBatches:
         return len(self.batches) * self.repeats
 
 
-@dataclass
-class Experience:
-    """One rollout on this rank, ready for PPO epochs. Tensors are [B, P+T] (sequences) or [B, T] (response)."""
-
-    sequences: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    responses: torch.Tensor
-    prompt_width: int
-    old_logp: torch.Tensor
-    old_values: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
-    loss_mask: torch.Tensor  # response tokens of samples that got a score
-    plan: list[torch.Tensor] = field(default_factory=list)  # row indices of each micro-step's minibatch
-
-
-@dataclass
-class RolloutTotals:
-    """Sums over the rollout on this rank, added across ranks before they are logged."""
-
-    sums: dict[str, float] = field(default_factory=dict)
-
-    def add(self, **values: float) -> None:
-        for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
-
-    def keep_max(self, key: str, value: float) -> None:
-        self.sums[key] = max(self.sums.get(key, 0.0), float(value))
-
-
 class PPOTrainer(Trainer):
-    """See the module docstring. `settings` is the ppo stage's Args; `prompts` rows carry `ids` (the rendered,
-    tokenised prompt), `messages` and `reference`; `reward_source` is any rlmed reward source."""
+    """See the module docstring. `prompts` rows carry `ids` (the rendered, tokenised prompt), `messages` and
+    `reference`; `reward_source` is any rlmed reward source."""
 
-    def __init__(self, *, policy: nn.Module, value_model: nn.Module, ref_model: nn.Module | None, settings: Any,
-                 prompts: list[dict[str, Any]], reward_source: Any, tokenizer: Any, args: Any,
+    def __init__(self, *, policy: nn.Module, value_model: nn.Module, ref_model: nn.Module | None,
+                 settings: PPOSettings, prompts: list[dict[str, Any]], reward_source: Any, tokenizer: Any, args: Any,
                  callbacks: list[Any] | None = None,
                  sample_sink: Callable[[list[dict[str, Any]], int], None] | None = None):
         self.settings = settings
@@ -120,9 +92,9 @@ class PPOTrainer(Trainer):
         self.ref_model = ref_model
         self._ref_ready = False
         self.sample_sink = sample_sink
-        b, g = args.per_device_train_batch_size, args.gradient_accumulation_steps
-        self.micro_per_rollout = settings.ppo_epochs * settings.rollout_batch_size // b
-        self.steps_per_rollout = self.micro_per_rollout // g
+        # Checked again here (the stage checks the recipe first) for a trainer built outside a stage.
+        self.rollout_schedule = settings.schedule(args.per_device_train_batch_size, args.gradient_accumulation_steps)
+        self.micro_per_rollout = self.rollout_schedule.micro_steps
         self.kl_controller: ppo_math.FixedKL = (
             ppo_math.AdaptiveKL(settings.kl_coef, settings.kl_target, settings.kl_horizon)
             if settings.kl_target is not None else ppo_math.FixedKL(settings.kl_coef))
@@ -198,16 +170,6 @@ class PPOTrainer(Trainer):
         longest = max(c.shape[1] for c in chunks)
         return torch.cat([nn.functional.pad(c, (0, longest - c.shape[1]), value=self.pad_id) for c in chunks])
 
-    def _score(self, rows: list[dict[str, Any]], texts: list[str]) -> list[Any]:
-        from reward.base import Sample, score_sync
-
-        samples = [Sample(prompt=r["messages"], completion=t, reference=r.get("reference")) for r, t in zip(rows, texts)]
-        scores = score_sync(self.reward_source, samples)
-        if len(scores) != len(samples):
-            raise RuntimeError(f"reward source {type(self.reward_source).__name__} returned {len(scores)} scores "
-                               f"for {len(samples)} samples")
-        return scores
-
     def _forward_logps(self, exp_rows: slice, seq: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor,
                        responses: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Old policy log-probs, values and reference log-probs of some rows, without gradients."""
@@ -227,7 +189,26 @@ class PPOTrainer(Trainer):
         ref_logp = token_logprobs(response_slice(ref_logits, width), responses, temperature)
         return logp.cpu(), response_slice(values, width).cpu(), ref_logp.cpu()
 
+    def _old_and_reference(self, sequences: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
+                           responses: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Old log-probs, values and reference log-probs of the whole rollout, one micro-batch at a time, without
+        gradients and in eval mode."""
+        parts: list[list[torch.Tensor]] = [[], [], []]
+        with torch.no_grad():
+            was_training = self.model.training
+            self.model.eval()
+            step = self.args.per_device_train_batch_size
+            for start in range(0, len(sequences), step):
+                for part, value in zip(parts, self._forward_logps(slice(start, start + step), sequences, attention,
+                                                                  positions, responses, width)):
+                    part.append(value)
+            self.model.train(was_training)
+        old_logp, old_values, ref_logp = (torch.cat(p) for p in parts)
+        return old_logp, old_values, ref_logp
+
     def _rollout(self, indices: list[int]) -> Experience:
+        """Generate, score, run the no-gradient forwards, then the math (rlmed.rl.rollout); keeps the rollout's
+        totals and sample rows for _finish_rollout."""
         s = self.settings
         rows = [self.prompts[i] for i in indices]
         prompt_ids, prompt_mask = left_pad([r["ids"] for r in rows], self.pad_id)
@@ -239,57 +220,23 @@ class PPOTrainer(Trainer):
         mask, missing_eos = response_mask(responses, self.eos_id, self.pad_id)
         texts = [self.processing_class.decode(r[m.bool()], skip_special_tokens=True).strip()
                  for r, m in zip(responses, mask)]
-        scores = self._score(rows, texts)
-        scored = time.perf_counter()
-
-        valid = torch.tensor([sc.value is not None for sc in scores])
-        score = torch.tensor([sc.value if sc.value is not None else 0.0 for sc in scores], dtype=torch.float32)
-        self.counter.add(scores)
+        scored = score_samples(self.reward_source, rows, texts)
+        scored_at = time.perf_counter()
+        self.counter.add(scored.scores)
 
         sequences = torch.cat([prompt_ids, responses], dim=1)
         attention = torch.cat([prompt_mask, mask], dim=1)
         positions = position_ids(attention)
-        parts = [[], [], []]
-        with torch.no_grad():
-            was_training = self.model.training
-            self.model.eval()
-            step = self.args.per_device_train_batch_size
-            for start in range(0, len(rows), step):
-                for part, value in zip(parts, self._forward_logps(slice(start, start + step), sequences, attention,
-                                                                  positions, responses, width)):
-                    part.append(value)
-            self.model.train(was_training)
-        old_logp, old_values, ref_logp = (torch.cat(p) for p in parts)
+        old_logp, old_values, ref_logp = self._old_and_reference(sequences, attention, positions, responses, width)
+        adv = advantages(scored, old_logp, ref_logp, old_values, mask, missing_eos, self.kl_controller.beta, s)
+        plan = minibatch_plan(len(rows), s.ppo_epochs, self.args.per_device_train_batch_size)
 
-        mask_f = mask.float()
-        loss_mask = mask_f * valid.unsqueeze(1).float()  # unscored samples take no part in the update
-        kl = ppo_math.kl_estimate(old_logp, ref_logp, s.kl_estimator) * mask_f
-        rewards = ppo_math.token_rewards(score, kl, mask_f, self.kl_controller.beta, missing_eos,
-                                         s.missing_eos_penalty)
-        advantages, returns = ppo_math.gae(rewards, old_values, mask_f, s.gamma, s.lam)
-        advantages = ppo_math.whiten(advantages, loss_mask)
-
-        plan = []
-        for _ in range(s.ppo_epochs):
-            order = torch.randperm(len(rows))
-            plan += list(order.split(self.args.per_device_train_batch_size))
-
-        n_valid = int(valid.sum())
-        lengths = mask.sum(dim=1).float()
-        self._totals = RolloutTotals()
-        self._totals.add(samples=len(rows), scored=n_valid, reward_sum=float((score * valid).sum()),
-                         reward_sq_sum=float((score ** 2 * valid).sum()), kl_sum=float(kl.sum()),
-                         length_sum=float(lengths.sum()), missing_eos=float(missing_eos.sum()),
-                         time_generation=generated - started, time_scoring=scored - generated,
-                         time_experience=time.perf_counter() - scored)
-        for sc in scores:
-            for name, value in (sc.parts or {}).items():
-                self._totals.add(**{f"part_sum/{name}": value, f"part_n/{name}": 1.0})
-        self._samples = [{"prompt": r["messages"][-1]["content"], "response": t, "reference": r.get("reference"),
-                          "reward": sc.value, "rationale": sc.rationale or sc.error or ""}
-                         for r, t, sc in list(zip(rows, texts, scores))[: s.samples_logged]]
-        return Experience(sequences, attention, positions, responses, width, old_logp, old_values, advantages,
-                          returns, loss_mask, plan)
+        self._totals = rollout_totals(scored, adv.kl, mask, missing_eos, {
+            "time_generation": generated - started, "time_scoring": scored_at - generated,
+            "time_experience": time.perf_counter() - scored_at})
+        self._samples = sample_rows(rows, texts, scored.scores, s.samples_logged)
+        return Experience(sequences, attention, positions, responses, width, old_logp, old_values, adv.advantages,
+                          adv.returns, adv.loss_mask, plan)
 
     # --- the update -----------------------------------------------------------------------------------------
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
@@ -341,33 +288,12 @@ class PPOTrainer(Trainer):
         totals = dict(zip(keys, summed[:-2]))
         run_total, run_unscored = int(summed[-2]), int(summed[-1])
         self.run_counts = (run_total, run_unscored)  # what a checkpoint at this rollout's end records
-        if run_total and run_unscored / run_total > self.settings.max_failed_fraction:
+        if over_limit(run_total, run_unscored, self.settings.max_failed_fraction):
             raise RuntimeError(f"{run_unscored} of {run_total} samples could not be scored by the reward source (more "
                                f"than max_failed_fraction={self.settings.max_failed_fraction}); first errors on "
                                f"this rank: {self.counter.first_errors}")
-        world = dist.world_size()
-        n, scored, micro = totals["samples"], max(totals["scored"], 1.0), max(totals["micro_steps"], 1.0)
-        mean = totals["reward_sum"] / scored
-        var = max(totals["reward_sq_sum"] / scored - mean ** 2, 0.0)
-        kl_per_sample = totals["kl_sum"] / n
-        stats = {
-            "rollout": rollout + 1, "reward_mean": mean, "reward_std": var ** 0.5, "kl": kl_per_sample,
-            "kl_coef": self.kl_controller.beta, "response_length": totals["length_sum"] / n,
-            "missing_eos_fraction": totals["missing_eos"] / n, "unscored": n - totals["scored"],
-            "unscored_total": run_unscored,
-        }
-        for key in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "value_clip_fraction", "entropy"):
-            stats[key] = totals[key] / micro
-        for key in ("time_generation", "time_scoring", "time_experience", "time_training"):
-            stats[key] = totals[key] / world  # mean over ranks, seconds
-        # Per rank the largest |π/π_old - 1| before the rollout's first optimizer step, averaged over ranks: 0 up
-        # to float noise; more means the update's forward differs from the rollout's (dropout, kernels).
-        stats["ratio_error_before_update"] = totals.get("ratio_error", 0.0) / world
-        for key in keys:
-            if key.startswith("part_sum/"):
-                name = key.split("/", 1)[1]
-                stats[f"reward_part/{name}"] = totals[key] / max(totals[f"part_n/{name}"], 1.0)
-        self.kl_controller.update(kl_per_sample, int(n))
+        stats = rollout_stats(totals, rollout, run_unscored, dist.world_size(), self.kl_controller.beta)
+        self.kl_controller.update(stats["kl"], int(totals["samples"]))
         self._pending = (stats, self._samples if dist.is_main() else [])
         self._experience = None
 

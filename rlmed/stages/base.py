@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from rlmed.artifacts import MetricsLog
+from rlmed.data.sources import DataSource  # re-exported: stage code takes it from here with the rest
+
+__all__ = ["DataSource", "Input", "InputType", "StageContext", "StageSpec"]
 
 InputType = Literal["model", "data", "file"]
 
@@ -27,24 +30,6 @@ class Input:
     many: bool = False
     required: bool = True
     doc: str = ""
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """One data file of a `data` input, as resolved from the recipe.
-
-    `columns` renames the user's columns to rlmed's field names as rows are read ({rlmed field: user column});
-    `on_bad_rows` says whether a row that fails conversion stops the stage ("fail") or is dropped and counted
-    ("skip"), since large scraped datasets rarely come without a few broken rows.
-    """
-
-    path: str  # absolute local path, or a Hub dataset id
-    weight: float | None = None
-    format: str | None = None
-    is_local: bool = True
-    # Left out of the hash (a dict cannot be hashed) but not of equality; the runner hashes asdict(), not this.
-    columns: dict[str, str] | None = field(default=None, hash=False)
-    on_bad_rows: Literal["fail", "skip"] = "fail"
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ boundaries and resume exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from rlmed.rl.online import Args as OnlineArgs
+from rlmed.rl.ppo_config import PPOSettings, RolloutSchedule
 from rlmed.stages.base import Input, StageContext, StageSpec
+from rlmed.stages.online_common import Args as OnlineArgs
 
 # Trainer fields this stage derives from its rollout arguments.
 DERIVED_TRAINER_FIELDS = {"max_steps": "num_rollouts", "num_train_epochs": "num_rollouts",
@@ -27,66 +28,17 @@ DERIVED_TRAINER_FIELDS = {"max_steps": "num_rollouts", "num_train_epochs": "num_
 
 
 @dataclass(kw_only=True)
-class Args(OnlineArgs):
-    num_rollouts: int = 20
-    """Rollouts to train for (each: generate, score, then ppo_epochs passes of updates)."""
-    rollout_batch_size: int = 16
-    """Prompts per rank per rollout, one answer each; a multiple of micro-batch × gradient accumulation."""
-    ppo_epochs: int = 2
-    """Passes of minibatch updates over each rollout."""
-    generation_batch_size: int = 16
-    """Prompts generated for at once."""
-    max_prompt_length: int = 256
-    """Prompt tokens kept (the end of longer dialogues)."""
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    """Rollouts sample softmax(logits / temperature), the distribution the log-probs are computed under; the
-    model's generation_config.json (repetition_penalty, ...) is not applied (rlmed.sampling)."""
-    top_p: float = 1.0
-    """Below 1, samples are cut to the top-p mass while log-probs stay those of the whole distribution."""
-    kl_coef: float = 0.05
-    """KL penalty β (the starting value when kl_target is set)."""
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    """Per-token KL estimate: k1 = log π/π_ref, k3 = (r - 1) - log r, always ≥ 0."""
-    kl_target: float | None = None
-    """Adaptive KL: steer β so the per-answer KL approaches this (None: fixed β)."""
-    kl_horizon: int = 10000
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    missing_eos_penalty: float = 0.0
-    """Subtracted from the score of an answer cut at max_new_tokens without EOS."""
-    save_every_rollouts: int = 5
-    samples_logged: int = 4
-    """Answers per rollout written to the samples table (tables/samples.jsonl and W&B)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("num_rollouts", "rollout_batch_size", "ppo_epochs", "generation_batch_size", "max_new_tokens",
-                     "save_every_rollouts", "max_prompt_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.kl_target is not None and self.kl_target <= 0:
-            raise ValueError("kl_target must be above 0 (or null for a fixed kl_coef)")
-        if not (0 < self.gamma <= 1 and 0 <= self.lam <= 1):
-            raise ValueError("gamma must be within (0, 1] and lam within [0, 1]")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be above 0")
+class Args(PPOSettings, OnlineArgs):
+    """The PPO settings (rlmed.rl.ppo_config, with their checks) plus what every online-RL stage takes."""
 
 
-def micro_batching(ctx: StageContext, args: Args) -> tuple[int, int]:
-    """Steps per rollout for the Trainer (optimizer steps) after checking the batch sizes fit together."""
+def micro_batching(ctx: StageContext, args: Args) -> RolloutSchedule:
+    """The Trainer's steps per rollout, after checking the batch sizes fit together."""
     for key, arg in DERIVED_TRAINER_FIELDS.items():
         if key in ctx.trainer:
             raise ValueError(f"trainer.{key} is derived from args.{arg} in a ppo stage; remove it from trainer:")
-    micro = ctx.trainer.get("per_device_train_batch_size", 8)
-    accumulation = ctx.trainer.get("gradient_accumulation_steps", 1)
-    if args.rollout_batch_size % (micro * accumulation):
-        raise ValueError(f"args.rollout_batch_size={args.rollout_batch_size} must be a multiple of "
-                         f"trainer.per_device_train_batch_size × gradient_accumulation_steps = {micro * accumulation}")
-    return args.ppo_epochs * args.rollout_batch_size // (micro * accumulation), micro
+    return args.schedule(ctx.trainer.get("per_device_train_batch_size", 8),
+                         ctx.trainer.get("gradient_accumulation_steps", 1))
 
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
@@ -94,10 +46,10 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from rlmed.rl.sources import build_reward_source
     from rlmed.data.chat import render_prompt
     from rlmed.models.loading import load_causal_lm, load_scalar_head_model, load_tokenizer
-    from rlmed.rl.online import heldout_writer, prompt_rows
     from rlmed.rl.ppo_trainer import PPOTrainer
+    from rlmed.stages.online_common import heldout_writer, prompt_rows, reward_counts, save_and_measure
 
-    steps_per_rollout, micro = micro_batching(ctx, args)
+    schedule = micro_batching(ctx, args)
     heldout, train_rows = prompt_rows(inputs, args, ctx.seed)
     source = build_reward_source(ctx.reward, ctx.run_dir, ctx.stage_dir)
 
@@ -111,9 +63,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
                 [-args.max_prompt_length:], "messages": r["prompt"], "reference": r["reference"]} for r in train_rows]
     # Built before any model loads, so that under ZeRO-3 the loads below are partitioned across ranks.
     config = training.trainer_config(
-        ctx, "transformers.TrainingArguments", has_eval=False, per_device_train_batch_size=micro,
-        learning_rate=1e-5, max_steps=args.num_rollouts * steps_per_rollout,
-        save_steps=args.save_every_rollouts * steps_per_rollout, remove_unused_columns=False,
+        ctx, "transformers.TrainingArguments", has_eval=False, per_device_train_batch_size=schedule.micro_batch,
+        learning_rate=1e-5, max_steps=schedule.max_steps, save_steps=schedule.save_steps, remove_unused_columns=False,
         lr_scheduler_type="constant")  # RL rewards move; a decay to 0 would stop learning by the last rollouts
     from transformers import set_seed
 
@@ -140,12 +91,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     if rollouts:
         metrics.update(first_reward_mean=rollouts[0]["reward_mean"], last_reward_mean=rollouts[-1]["reward_mean"],
                        last_kl=rollouts[-1]["kl"], kl_coef=rollouts[-1]["kl_coef"])
-    total, unscored = trainer.run_counts  # over all ranks
-    metrics.update(rewards_scored=total - unscored, rewards_unscored=unscored)
-    training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
-    if heldout and dist.is_main():
-        with training.unpartitioned_loading(trainer):  # an adapter folder loads like a full model
-            metrics["heldout_reward_end"] = write_heldout("heldout_end.jsonl", str(ctx.output("model")))
+    metrics.update(reward_counts(*trainer.run_counts))  # over all ranks
+    metrics.update(save_and_measure(ctx, args, trainer, tokenizer, write_heldout if heldout else None))
     return metrics
 
 

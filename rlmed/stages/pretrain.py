@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rlmed.data.sources import DataSource
 from rlmed.models.lora import ModelArgs
-from rlmed.stages.base import DataSource, Input, StageContext, StageSpec
+from rlmed.stages.base import Input, StageContext, StageSpec
 
 
 @dataclass(kw_only=True)

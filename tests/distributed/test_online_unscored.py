@@ -1,4 +1,5 @@
-"""grpo (and so rloo, which shares rlmed.rl.online) on 2 CPU ranks counts unscored rewards over both ranks.
+"""grpo (and so rloo: both run through rlmed.stages.online_common) on 2 CPU ranks counts unscored rewards over
+both ranks.
 
 The reward source leaves every sample generated on rank 1 unscored and scores rank 0's, so rank 0 alone sees
 none: the manifest must report rank 1's as well, and a max_failed_fraction that the run-wide share exceeds

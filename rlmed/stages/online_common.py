@@ -1,10 +1,12 @@
-"""Online RL with a trl trainer (GRPO or RLOO) and any rlmed reward source: what the `grpo` and `rloo` stages share.
+"""What the online-RL stages (`grpo`, `rloo`, and `ppo` for its prompts and held-out measurement) share as stages.
+
+A helper module, not a stage: it declares no SPEC (stage kinds are looked up in rlmed.stages.BUILTIN).
 
 The recipe's `reward:` source (judge, reward model, rules, similarity, composite, a user's class) is adapted to
-trl's reward-function signature as an async function; each row's doctor reply reaches it as the sample's
-reference (a dataset column trl passes through), and the candidates of one prompt share a group id so a
-listwise judge ranks them together. A sample the source could not score is None: trl leaves it out of the
-update, rlmed counts it, and the stage fails when more than `max_failed_fraction` went unscored.
+trl's reward-function signature (rlmed.rl.rewards); each row's doctor reply reaches it as the sample's
+reference (a dataset column trl passes through). A sample the source could not score is None: trl leaves it out
+of the update, rlmed counts it, and the stage fails at the first reward call after which more than
+`max_failed_fraction` of the run's samples went unscored.
 
 With `heldout_prompts`, the first N prompts are kept out of training; one answer per held-out prompt is sampled
 (seeded) before and after training, written to heldout_start.jsonl / heldout_end.jsonl and scored with the same
@@ -13,12 +15,11 @@ source, so the manifest shows whether the reward on unseen prompts rose.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from rlmed.models.lora import ModelArgs
+from rlmed.rl.rewards import check_max_failed_fraction
 from rlmed.stages.base import Input, StageContext, StageSpec
 
 
@@ -33,47 +34,7 @@ class Args(ModelArgs):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.max_failed_fraction <= 1.0:
-            raise ValueError("max_failed_fraction must be within 0..1")
-
-
-class RewardCounter:
-    """Counts what a reward source returned in this process over the run, so unscored samples are reported, not
-    hidden (the stage adds the ranks' counts up)."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.unscored = 0
-        self.first_errors: list[str] = []
-
-    def add(self, scores: list[Any]) -> None:
-        self.total += len(scores)
-        for score in scores:
-            if score.value is None:
-                self.unscored += 1
-                if len(self.first_errors) < 5:
-                    self.first_errors.append(score.error or "no reason given")
-
-
-def trl_reward(source: Any, name: str, counter: RewardCounter) -> Any:
-    """An async function with trl's reward signature, scoring through `source` (one float or None each)."""
-    from reward.base import Sample
-
-    async def reward(prompts: list[Any], completions: list[Any], reference: list[Any] | None = None,
-                     **_: Any) -> list[float | None]:
-        samples = []
-        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-            messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            text = completion[-1]["content"] if isinstance(completion, list) else completion
-            group = hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
-            samples.append(Sample(prompt=messages, completion=text,
-                                  reference=reference[i] if reference is not None else None, group=group))
-        scores = await source.score(samples)
-        counter.add(scores)
-        return [s.value for s in scores]
-
-    reward.__name__ = name  # trl logs rewards/<name>/mean
-    return reward
+        check_max_failed_fraction(self.max_failed_fraction)
 
 
 def sample_and_score(model_dir: str, prompts: list[dict[str, Any]], args: Args, source: Any,
@@ -138,12 +99,16 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
 
     from rlmed import dist, training
     from rlmed.components import import_object
-    from rlmed.rl.sources import build_reward_source
     from rlmed.models.loading import load_causal_lm, load_tokenizer
+    from rlmed.rl.rewards import RewardCounter, UnscoredGate, checked_after_rewards, trl_reward
+    from rlmed.rl.sources import build_reward_source
 
     heldout, train_rows = prompt_rows(inputs, args, ctx.seed)
     source = build_reward_source(ctx.reward, ctx.run_dir, ctx.stage_dir)
     counter = RewardCounter()
+    # trl scores each rank's own completions, so the counter holds this rank's share: the gate and the manifest
+    # take the run's (summed after every reward call), which also gives every rank the same decision.
+    gate = UnscoredGate(counter, args.max_failed_fraction)
 
     write_heldout = heldout_writer(ctx, args, heldout, source)
     metrics: dict[str, Any] = {}
@@ -156,7 +121,8 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
     model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
     model, parameters = training.with_lora(model, args.lora)
     name = ctx.reward["_component_"].rsplit(".", 1)[-1]
-    trainer = import_object(trainer_path)(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
+    trainer_cls = checked_after_rewards(import_object(trainer_path), gate)
+    trainer = trainer_cls(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
                           reward_funcs=[trl_reward(source, name, counter)], processing_class=tokenizer,
                           callbacks=training.callbacks(ctx))
     # trl's GenerationConfig leaves fields unset (min_p, no_repeat_ngram_size, bad_words_ids, ...) that generate
@@ -165,20 +131,26 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
 
     with neutral_model_defaults(model):
         metrics.update(training.train(ctx, trainer), **parameters, train_prompts=len(train_rows))
-    training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
-
-    # trl scores each rank's own completions, so the counter holds this rank's share: the manifest and the gate
-    # take the run's, which also gives every rank the same decision (all fail together; none waits on the others).
-    total, unscored = (int(n) for n in dist.all_sum([counter.total, counter.unscored]))
-    metrics.update(rewards_scored=total - unscored, rewards_unscored=unscored)
-    if total and unscored / total > args.max_failed_fraction:
-        raise RuntimeError(f"{unscored} of {total} rewards could not be scored over {dist.world_size()} rank(s) (more "
-                           f"than max_failed_fraction={args.max_failed_fraction}); on this rank {counter.unscored} of "
-                           f"{counter.total}, first errors: {counter.first_errors or 'none'}")
-    if heldout and dist.is_main():
-        with training.unpartitioned_loading(trainer):  # an adapter folder loads like a full model
-            metrics["heldout_reward_end"] = write_heldout("heldout_end.jsonl", str(ctx.output("model")))
+    metrics.update(reward_counts(*gate.run_counts))  # as of the last reward call: every count there is
+    metrics.update(save_and_measure(ctx, args, trainer, tokenizer, write_heldout if heldout else None))
     return metrics
+
+
+def reward_counts(total: int, unscored: int) -> dict[str, int]:
+    """The manifest's reward counts, from the run's (all ranks') total and unscored samples."""
+    return {"rewards_scored": total - unscored, "rewards_unscored": unscored}
+
+
+def save_and_measure(ctx: StageContext, args: Args, trainer: Any, tokenizer: Any,
+                     write_heldout: Any | None) -> dict[str, Any]:
+    """Save the trained model (and its merged copy), then, with held-out prompts, sample and score them with it."""
+    from rlmed import dist, training
+
+    training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
+    if write_heldout is None or not dist.is_main():
+        return {}
+    with training.unpartitioned_loading(trainer):  # an adapter folder loads like a full model
+        return {"heldout_reward_end": write_heldout("heldout_end.jsonl", str(ctx.output("model")))}
 
 
 def make_spec(kind: str, trainer_path: str, config_path: str, doc: str) -> StageSpec:
