@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import read_metrics
+import pytest
+
 from tests.stages.conftest import manifest, run_recipe, sample
 
-# Held-out answers must get at least this much shorter (mean characters over 24 held-out prompts) with the
-# learnable reward. Sampling is exact (no top-k), as in training: measured here 14.0 (grpo) and 6.1 (rloo)
-# against -1.1 for the shuffled control.
-MIN_SHORTENING = 4.0
+# Held-out reward (mean -len/50 over 24 held-out answers; manifest heldout_reward_end - _start) must rise at least
+# the bar with the learnable reward and stay under a lower ceiling with the shuffled one. Measured with this
+# test's stages over seeds 1, 2 (this machine): grpo 0.144, 0.137 against shuffled -0.038, 0.013; rloo 0.057,
+# 0.180 against shuffled -0.033, -0.010. A similar sweep over seeds 1-4 gave grpo 0.117-0.456 (shuffled <= 0.010)
+# and rloo 0.146-0.368 (shuffled <= 0.008). This replaced a 4-character shortening bar that was also the
+# control's ceiling, and rloo had no control.
+MIN_HELDOUT_RISE = {"grpo": 0.06, "rloo": 0.025}
+MAX_CONTROL_RISE = {"grpo": 0.04, "rloo": 0.015}
 
 
 def grpo_stage(model, shuffle: bool, kind: str = "grpo") -> dict:
@@ -36,26 +41,19 @@ def shortening(tmp_path) -> float:
     return mean_length(stage_dir / "heldout_start.jsonl") - mean_length(stage_dir / "heldout_end.jsonl")
 
 
-def test_grpo_learns_a_learnable_reward_and_not_a_shuffled_one(tmp_path, tiny_model):
+def heldout_rise(tmp_path) -> float:
+    m = manifest(tmp_path, "grpo")["metrics"]
+    return m["heldout_reward_end"] - m["heldout_reward_start"]
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_learns_a_learnable_reward_and_not_a_shuffled_one(tmp_path, tiny_model, kind):
     (tmp_path / "learn").mkdir()
     (tmp_path / "control").mkdir()
-    assert run_recipe(tmp_path / "learn", [grpo_stage(tiny_model, shuffle=False)]) == 0
-    assert run_recipe(tmp_path / "control", [grpo_stage(tiny_model, shuffle=True)]) == 0
-    learned, control = shortening(tmp_path / "learn"), shortening(tmp_path / "control")
-    assert learned >= MIN_SHORTENING, (learned, control)
-    assert control < MIN_SHORTENING, (learned, control)
+    assert run_recipe(tmp_path / "learn", [grpo_stage(tiny_model, shuffle=False, kind=kind)]) == 0
+    assert run_recipe(tmp_path / "control", [grpo_stage(tiny_model, shuffle=True, kind=kind)]) == 0
+    assert manifest(tmp_path / "learn", "grpo")["kind"] == kind
+    rise = {name: heldout_rise(tmp_path / name) for name in ("learn", "control")}
+    assert rise["learn"] >= MIN_HELDOUT_RISE[kind] and rise["control"] < MAX_CONTROL_RISE[kind], rise
     m = manifest(tmp_path / "learn", "grpo")["metrics"]
-    assert m["heldout_reward_end"] > m["heldout_reward_start"]
     assert m["rewards_unscored"] == 0 and m["rewards_scored"] == 32 * 8
-
-
-def test_rloo_learns_the_same_reward(tmp_path, tiny_model):
-    assert run_recipe(tmp_path, [grpo_stage(tiny_model, shuffle=False, kind="rloo")]) == 0
-    assert manifest(tmp_path, "grpo")["kind"] == "rloo"
-    # RLOO learns more slowly than GRPO here, so its 24 held-out answers are a noisy measure (2.8 and 6.1 chars
-    # shorter in two runs); the training reward over 64 answers per window is not: the last 8 steps' mean rose
-    # by 0.16 and 0.20 (8-10 chars) over the first 8's.
-    rewards = [r["rewards/Brevity/mean"] for r in read_metrics(tmp_path / "run" / "grpo") if "rewards/Brevity/mean" in r]
-    assert sum(rewards[-8:]) / 8 - sum(rewards[:8]) / 8 >= 0.08, rewards
-    m = manifest(tmp_path, "grpo")["metrics"]
-    assert m["heldout_reward_end"] > m["heldout_reward_start"]
