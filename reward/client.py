@@ -341,7 +341,7 @@ class ChatClient:
                 outcome, status = "interrupted", None  # what the audit says if the task is cancelled mid-request
                 try:
                     # The client's generic `post`, not `chat.completions.create`: skipping the typed request
-                    # transform and pydantic reply model saves ~25% of client CPU per request (profiled).
+                    # transform and pydantic reply model saves client CPU per request (docs/benchmarks.md).
                     reply = await state.api.post("/chat/completions", cast_to=dict, body=body)
                     outcome, status = "ok", 200
                     text, usage, finish = _reply_parts(reply)

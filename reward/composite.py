@@ -64,7 +64,7 @@ class Composite:
         if normalize not in ("none", "zscore", "minmax"):
             raise ValueError(f"normalize must be 'none', 'zscore' or 'minmax', got {normalize!r}")
         if not sources:
-            raise ValueError("Composite needs at least one source")
+            raise ValueError(f"Composite needs at least one source, got {list(sources)!r}")
         self.normalize = normalize
         self.sources: list[tuple[str, Any, float]] = []
         taken: set[str] = set()

@@ -100,7 +100,7 @@ class LLMJudge:
                 raise ValueError(f"weights name criteria not in the rubric: {sorted(unknown)}; "
                                  f"rubric criteria: {list(self.rubric.criteria)}")
             if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-                raise ValueError("weights must be non-negative with a positive sum")
+                raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
         self.weights = weights
         self.sampling: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
         if json_mode:

@@ -99,7 +99,8 @@ class RewardModel:
         self, path: str, batch_size: int = 8, max_length: int = 2048, device: str | None = None, dtype: str = "auto"
     ) -> None:
         if batch_size < 1 or max_length < 1:
-            raise ValueError("batch_size and max_length must be >= 1")
+            raise ValueError(f"batch_size and max_length must be >= 1, got batch_size={batch_size}, "
+                             f"max_length={max_length}")
         self.path, self.batch_size, self.max_length = str(path), batch_size, max_length
         self.device_name, self.dtype = device, dtype
         self._model: Any = None

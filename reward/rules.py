@@ -56,13 +56,15 @@ class Rules:
         if hit_criterion not in (None, 1, 2, 3):
             raise ValueError(f"hit_criterion must be 1, 2, 3 or None, got {hit_criterion!r}")
         if hit_criterion is not None and kb_items_field is None:
-            raise ValueError("hit_criterion needs kb_items_field (the metadata field listing the expected items)")
+            raise ValueError(f"hit_criterion needs kb_items_field (the metadata field listing the expected items), "
+                             f"got hit_criterion={hit_criterion}, kb_items_field=None")
         if red_flag_terms and not referral_phrases:
-            raise ValueError("red_flag_terms need at least one referral phrase")
+            raise ValueError(f"red_flag_terms need at least one referral phrase, got referral_phrases="
+                             f"{list(referral_phrases)!r}")
         if min_chars is not None and max_chars is not None and min_chars > max_chars:
             raise ValueError(f"min_chars ({min_chars}) > max_chars ({max_chars})")
         if length_penalty < 0:
-            raise ValueError("length_penalty must be >= 0")
+            raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
         self.kb_items_field, self.hit_criterion = kb_items_field, hit_criterion
         self.required_phrases, self.forbidden_phrases = list(required_phrases), list(forbidden_phrases)
         self.red_flag_terms, self.referral_phrases = list(red_flag_terms), list(referral_phrases)

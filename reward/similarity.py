@@ -24,7 +24,7 @@ _jieba_tokenizer: Any = None
 
 
 def _jieba() -> Any:
-    """A shared jieba.Tokenizer, initialised once (the dictionary load takes about a second)."""
+    """A shared jieba.Tokenizer, initialised once (its dictionary load is slow: docs/benchmarks.md)."""
     global _jieba_tokenizer
     with _jieba_lock:
         if _jieba_tokenizer is None:

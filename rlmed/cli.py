@@ -68,7 +68,37 @@ def format_plan(plan) -> str:
                 lines.append(f"    in  {name}: {path}{weight_note}{note}")
         for name, path in planned.outputs.items():
             lines.append(f"    out {name}: {path}")
+        lines.extend(_trainer_lines(stage))
     return "\n".join(lines)
+
+
+def _trainer_lines(stage) -> list[str]:
+    """The trainer fields the stage will start from, each marked with where it comes from: (recipe), (stage)
+    for the stage kind's declared default, unmarked for rlmed's own. Fields the stage derives from its args
+    (e.g. ppo's steps from its rollouts) and machine adjustments (no CUDA: float32) are in the manifest."""
+    from rlmed.stages.base import TRAINER_DEFAULTS
+
+    fields = stage.spec.effective_trainer(stage.trainer)
+    if not fields:
+        return []
+    marked = []
+    for key, value in sorted(fields.items()):
+        source = " (recipe)" if key in stage.trainer else "" if key in TRAINER_DEFAULTS and \
+            key not in stage.spec.trainer_defaults else " (stage)"
+        marked.append(f"{key}={_show(value)}{source}")
+    lines, line = [], "    trainer:"
+    for item in marked:
+        if len(line) + len(item) + 2 > 116:
+            lines.append(line + ",")
+            line = "      "
+        line += (" " if line.endswith(":") or line == "      " else ", ") + item
+    return lines + [line]
+
+
+def _show(value) -> str:
+    from rlmed.tracking import redact
+
+    return str(redact(value))
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -67,8 +67,9 @@ class Stage:
         return found + component_refs(self.reward)
 
     def config(self) -> dict[str, Any]:
-        """The stage's own configuration, as hashed to decide whether it must re-run."""
-        return {
+        """The stage's own configuration, as hashed to decide whether it must re-run. For a stage that trains,
+        `trainer_defaults` (rlmed's and the stage kind's) count too: a new rlmed that changes one re-runs it."""
+        config = {
             "kind": self.kind,
             "args": dataclasses.asdict(self.args),
             "trainer": self.trainer,
@@ -76,6 +77,9 @@ class Stage:
             "reward": self.reward,
             "inputs": {k: describe_input(v) for k, v in self.inputs.items()},
         }
+        if self.spec.trainer_config is not None:
+            config["trainer_defaults"] = self.spec.default_trainer()
+        return config
 
 
 @dataclass

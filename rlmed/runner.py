@@ -227,7 +227,8 @@ class Runner:
         seed = stage.trainer.get("seed", getattr(stage.args, "seed", self.recipe.defaults.get("seed", 42)))
         ctx = StageContext(
             stage_id=stage.id, kind=stage.kind, stage_dir=stage_dir, run_dir=self.run_dir,
-            recipe_name=self.recipe.name, seed=seed, trainer=dict(stage.trainer), callbacks=stage.callbacks,
+            recipe_name=self.recipe.name, seed=seed, trainer=dict(stage.trainer),
+            trainer_defaults=stage.spec.default_trainer(), callbacks=stage.callbacks,
             reward=self._resolve_component(stage.reward), outputs=planned.outputs, resume=resume,
         )
         log_name = "stage.log" if dist.world_size() == 1 else f"stage.rank{dist.rank()}.log"
@@ -268,6 +269,9 @@ class Runner:
             "recipe": {"path": str(self.recipe.path), "name": self.recipe.name},
             "config_hash": fingerprint["config_hash"],
             "config": redact(stage.config()),
+            # What the trainer config was built from (rlmed < stage < recipe, plus what the stage derived and
+            # rlmed set for this machine): enough to rebuild it with the versions below.
+            "trainer_fields": redact(ctx.trainer_fields) if ctx.trainer_fields is not None else None,
             "inputs": {name: describe_input(value) for name, value in planned.inputs.items()},
             "input_hashes": fingerprint["inputs"],
             "outputs": {name: str(path) for name, path in planned.outputs.items()},

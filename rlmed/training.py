@@ -1,7 +1,7 @@
 """What every trainer-based stage shares: its trl/transformers config, callbacks, resume and final metrics.
 
 Stages hand a trl/transformers trainer its config and do not re-implement training. This module fills the
-config fields rlmed owns (where checkpoints go, logging into metrics.jsonl) under the user's `trainer:` block,
+config fields rlmed owns (where checkpoints go) and the declared defaults under the user's `trainer:` block,
 turns bf16/fp16 off where there is no CUDA, and resumes from the stage's last checkpoint after a crash.
 """
 
@@ -21,24 +21,21 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 
 
-def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **stage_defaults: Any) -> Any:
-    """Build the config class at `config_path`: rlmed's defaults < the stage's defaults < the recipe's fields."""
+def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **derived: Any) -> Any:
+    """Build the config class at `config_path` from rlmed's and the stage's declared defaults
+    (`ctx.trainer_defaults`), the fields the stage derives from its args (`derived`, e.g. ppo's steps from its
+    rollouts) and the recipe's `trainer:` block, in that order. The fields used are kept in `ctx.trainer_fields`
+    for the manifest."""
     import torch
 
     fields: dict[str, Any] = {
         "output_dir": str(ctx.stage_dir / CHECKPOINTS),
-        "report_to": "none",
-        "logging_steps": 1,
-        "save_strategy": "steps",
-        "save_steps": 200,
-        "save_total_limit": 2,
         "seed": ctx.seed,
         "eval_strategy": "steps" if has_eval else "no",
-        "eval_steps": 50,
-        "dataloader_num_workers": 0,
+        **ctx.trainer_defaults,
+        **derived,
+        **ctx.trainer,
     }
-    fields.update(stage_defaults)
-    fields.update(ctx.trainer)
     _refuse_direct_reporting(ctx.stage_id, fields.get("report_to"))
     if "use_liger_kernel" in fields:
         fields["use_liger_kernel"] = liger_setting(fields["use_liger_kernel"], ctx.stage_id)
@@ -58,6 +55,7 @@ def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **stage_
             # Without DeepSpeed, accelerate takes CPU ranks for one process each (each would train alone);
             # use_cpu makes them one data-parallel (gloo) job.
             fields.setdefault("use_cpu", True)
+    ctx.trainer_fields = dict(sorted(fields.items()))
     config_cls = import_object(config_path)
     return config_cls(**fields)
 

@@ -32,8 +32,7 @@ row's n-grams are ordered by how rare they are in the eval set, and only the fir
 are indexed, where need = ceil(threshold × |grams|) is the overlap a match requires — a training row that
 shares none of those cannot reach `need`, so it is skipped without comparing. Only eval rows found through the
 index are verified, with one set intersection each. Cost is about one hash lookup per training n-gram, not one
-comparison per (eval, train) pair: 10k eval rows against 100k training rows of ~175 characters take about 12 s
-on one CPU core, so a million training rows take a few minutes, in memory proportional to the eval set only.
+comparison per (eval, train) pair, in memory proportional to the eval set only (timings: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ _EPS = 1e-9  # float slack when comparing similarities with the threshold
 @lru_cache(maxsize=1)
 def _punctuation() -> dict[int, str]:
     """A str.translate table mapping every Unicode punctuation character (category P*) to a space, built once:
-    translate is about twice as fast as asking unicodedata about each character, and four times a regex."""
+    translate is faster than asking unicodedata about each character, or a regex (docs/benchmarks.md)."""
     return {c: " " for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)).startswith("P")}
 
 

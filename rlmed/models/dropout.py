@@ -1,13 +1,13 @@
 """Switching dropout off in a model that stays in train mode (PPO's policy and value model).
 
 PPO's update must compute the same function that produced the rollout's old log-probs and values (in eval
-mode), or the ratio π/π_old at unchanged weights is noise around 1 (0.97-1.08 measured with LoRA's default
-dropout of 0.05) that the clipping and the KL then act on. Eval mode during the update is no way out:
-transformers skips gradient checkpointing outside train mode, and the Trainer and DeepSpeed call model.train()
-anyway. So the probabilities themselves are set to 0: every dropout module (LoRA's lora_dropout among them)
-and every float attribute named like a drop rate (attention_dropout, dropout, attn_pdrop, layerdrop, ...),
-which is what attention layers hand to functional dropout — transformers copies them from the config once, at
-construction. The config itself is left alone, so a saved model keeps its own settings.
+mode), or the ratio π/π_old at unchanged weights is noise around 1 (its measured spread: docs/benchmarks.md)
+that the clipping and the KL then act on. Eval mode during the update is no way out: transformers skips
+gradient checkpointing outside train mode, and the Trainer and DeepSpeed call model.train() anyway. So the
+probabilities themselves are set to 0: every dropout module (LoRA's lora_dropout among them) and every float
+attribute named like a drop rate (attention_dropout, dropout, attn_pdrop, layerdrop, ...), which is what
+attention layers hand to functional dropout — transformers copies them from the config once, at construction.
+The config itself is left alone, so a saved model keeps its own settings.
 """
 
 from __future__ import annotations

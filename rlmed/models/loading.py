@@ -1,4 +1,9 @@
-"""Loading a model or tokenizer from a local folder or a Hub id, failing clearly when neither works."""
+"""Loading a model or tokenizer from a local folder or a Hub id, failing clearly when neither works.
+
+Every stage loads through here, so a LoRA adapter folder (merged on load, down a chain of adapters), a MoLE
+folder and a full model folder load alike wherever a causal LM is expected; under a scalar head (reward or value
+model) a MoLE model is refused, since its routed experts cannot be merged into the backbone.
+"""
 
 from __future__ import annotations
 

@@ -30,6 +30,8 @@ class LoraSettings:
     alpha: int = 32
     """Scale: the update is multiplied by alpha / r."""
     dropout: float = 0.05
+    """Dropout on the adapters' input, within 0..1 (1 excluded): a light regulariser for small data sets; the
+    ppo stage sets it to 0 while training (rlmed.models.dropout)."""
     target_modules: str | list[str] = "all-linear"
     """Module names to adapt, or 'all-linear' (every linear layer but the output head)."""
     modules_to_save: list[str] = field(default_factory=list)
@@ -59,7 +61,8 @@ class ModelArgs:
 
     def __post_init__(self) -> None:
         if self.merge and self.lora is None:
-            raise ValueError("merge: true needs a lora block (a full model needs no merging)")
+            raise ValueError(f"merge: true needs a lora block (a full model needs no merging), got merge={self.merge}, "
+                             f"lora={self.lora}")
 
 
 def wrap(model: Any, settings: LoraSettings, task_type: str = "CAUSAL_LM") -> Any:

@@ -33,19 +33,28 @@ class TinySpec:
     vocab_size: int = 4096
     """Tokenizer vocabulary size, special tokens included."""
     hidden_size: int = 64
+    """Width of the residual stream; a multiple of num_heads. Tiny so a whole recipe trains in minutes on a CPU."""
     num_layers: int = 2
+    """Decoder layers."""
     num_heads: int = 4
+    """Attention heads (head size hidden_size / num_heads)."""
     num_kv_heads: int = 2
+    """Key/value heads, dividing num_heads: fewer than num_heads makes it grouped-query attention, as in Qwen2."""
     intermediate_size: int = 256
+    """Width of the MLP's hidden layer (4 × hidden_size, the usual ratio)."""
     max_position_embeddings: int = 2048
+    """Longest sequence the model's config allows, in tokens; well above the lengths tiny recipes train on."""
     seed: int = 0
     """Seed of the weight initialisation."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+            raise ValueError(f"hidden_size must divide by num_heads, and num_heads by num_kv_heads, got "
+                             f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, "
+                             f"num_kv_heads={self.num_kv_heads}")
         if self.vocab_size < 300:
-            raise ValueError("vocab_size must be at least 300 (256 bytes + special tokens + merges)")
+            raise ValueError(f"vocab_size must be at least 300 (256 bytes + special tokens + merges), got "
+                             f"{self.vocab_size}")
 
 
 def cache_root() -> Path:

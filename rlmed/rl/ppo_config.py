@@ -1,8 +1,8 @@
-"""PPO's settings, typed, with the rollout-schedule arithmetic and its checks in one place.
+"""PPO's settings, typed and checked, and the rollout schedule they give a Trainer.
 
 `PPOTrainer` takes a `PPOSettings`; the `ppo` stage's `Args` derive from it, so the recipe's `args:` keys are
-these fields. How a rollout maps onto the Trainer's steps (`RolloutSchedule`) is computed here once, from the
-Trainer's micro-batch and gradient accumulation, and refused when the batch sizes do not divide.
+these fields. `PPOSettings.schedule` is the one computation of a rollout's Trainer steps, used by the stage and
+the trainer alike; what the numbers mean: docs/architecture.md, "PPO".
 """
 
 from __future__ import annotations
@@ -49,24 +49,31 @@ class PPOSettings:
     top_p: float = 1.0
     """Below 1, samples are cut to the top-p mass while log-probs stay those of the whole distribution."""
     kl_coef: float = 0.05
-    """KL penalty β (the starting value when kl_target is set)."""
+    """KL penalty β per token, >= 0 (the starting value when kl_target is set); 0.05 as in trl's PPOConfig
+    before trl dropped PPO."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """Per-token KL estimate: k1 = log π/π_ref, k3 = (r - 1) - log r, always ≥ 0."""
     kl_target: float | None = None
     """Adaptive KL: steer β so the per-answer KL approaches this (None: fixed β)."""
     kl_horizon: int = 10000
     """Adaptive KL's horizon, in samples: β moves by at most ±20% × samples/horizon per rollout (Ziegler et
-    al.'s controller, rlmed.rl.ppo_math.AdaptiveKL). Unused with a fixed β."""
+    al.'s controller, rlmed.rl.ppo_math.AdaptiveKL); 10000 as in their code and trl's, so β drifts over many
+    rollouts rather than chasing one. Unused with a fixed β."""
     gamma: float = 1.0
-    """GAE discount over an answer's tokens; 1 counts the end-of-answer score fully at every token."""
+    """GAE discount over an answer's tokens, within (0, 1]; 1 (the usual choice for RLHF, as in trl) counts the
+    end-of-answer score fully at every token, since an answer is judged as a whole."""
     lam: float = 0.95
-    """GAE λ: 1 gives Monte-Carlo returns (unbiased, noisy), 0 one-step TD targets (biased by the value model)."""
+    """GAE λ within [0, 1]: 1 gives Monte-Carlo returns (unbiased, noisy), 0 one-step TD targets (biased by the
+    value model); 0.95, as in trl, leans on the returns while the value model is still poor."""
     cliprange: float = 0.2
-    """PPO's policy ratio clip ε: a token's ratio π/π_old counts within [1-ε, 1+ε] only."""
+    """PPO's policy ratio clip ε: a token's ratio π/π_old counts within [1-ε, 1+ε] only; 0.2 is the PPO
+    paper's (Schulman et al., 2017) and trl's value."""
     cliprange_value: float = 0.2
-    """The value model's clip: new values count within ±this of the rollout's values."""
+    """The value model's clip, in reward units: new values count within ±this of the rollout's values, so one
+    rollout cannot drag the value model far; 0.2 as in trl."""
     vf_coef: float = 0.1
-    """Weight of the value loss against the policy loss (policy and value train in one backward)."""
+    """Weight of the value loss against the policy loss (policy and value train in one backward); 0.1, as in
+    trl, keeps the value loss from dominating the gradient norm the Trainer clips (max_grad_norm) for both."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the score of an answer cut at max_new_tokens without EOS."""
     save_every_rollouts: int = 5

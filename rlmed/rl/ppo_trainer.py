@@ -1,20 +1,9 @@
-"""PPO written in rlmed on top of transformers' Trainer (trl ≥ 1.13 ships none).
+"""rlmed's PPO trainer: a transformers Trainer whose training step rolls out and takes PPO minibatches.
 
-Why a Trainer subclass: the Trainer already owns what PPO users miss most elsewhere — DeepSpeed ZeRO-2/3 and
-DDP set-up, optimizer and scheduler, gradient accumulation, checkpoints with optimizer/scheduler/RNG state,
-resume with the data position, callbacks and logging — so rlmed adds only the rollout and the PPO loss.
-
-How PPO maps onto the Trainer's loop: the dataloader yields, once per PPO micro-step, the indices of this
-rank's prompts for the current rollout (the same indices repeated `ppo_epochs × rollout_batch_size /
-per_device_train_batch_size` times). The first micro-step of a rollout generates, scores and builds the
-experience (old log-probs, reference log-probs, values, GAE advantages); every micro-step then takes one
-shuffled minibatch of it for the clipped policy + value loss. Checkpoints fall on rollout boundaries, so a
-resumed run skips whole rollouts' batches (no regeneration) and restores the RNG exactly where it was; the KL
-controller and the unscored-sample counts travel in ppo_state.json inside each checkpoint.
-
-Policy and value model are one module (`PolicyAndValue`) so one optimizer and one DeepSpeed engine train both.
-The reference is a separate frozen model (prepared as a ZeRO-3 inference engine when training is ZeRO-3), or —
-for a LoRA policy — the same policy with its adapter disabled.
+trl ≥ 1.13 ships no PPO; subclassing the Trainer keeps DeepSpeed/DDP, the optimizer, gradient accumulation,
+checkpoints and resume theirs, so this module adds only the rollout, the loss and the checkpoint extras
+(ppo_state.json, the value model under value/). How rollouts map onto the Trainer's micro-steps, optimizer steps
+and checkpoints is explained once, in docs/architecture.md, "PPO".
 """
 
 from __future__ import annotations

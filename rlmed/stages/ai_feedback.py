@@ -26,9 +26,11 @@ class Endpoint:
     base_url: str
     """An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, `transformers serve`)."""
     model: str
+    """The model name the server serves (sent as `model` in every request)."""
     api_key_env: str | None = None
     """Name of the environment variable holding the key; None for a local server."""
     max_concurrency: int = 16
+    """Requests in flight at once, one per sample (>= 1)."""
     deidentify: bool = True
     """Prompts sent to a host other than this machine are de-identified first (reward.deid); false sends them
     unmasked, with a loud warning."""
@@ -41,11 +43,14 @@ class Endpoint:
 @dataclass(kw_only=True)
 class Args:
     samples_per_prompt: int = 4
+    """Candidates sampled per prompt, at least 2 (a pair is the best and the worst); more widen the margin."""
     temperature: float = 1.0
     """Candidates are drawn from softmax(logits / temperature) cut by top_p and nothing else: the model's
     generation_config.json (repetition_penalty, top_k, ...) is not applied (rlmed.sampling)."""
     top_p: float = 0.95
+    """Nucleus cut-off (0..1]: drops the improbable tail that makes degenerate candidates; 1 samples everything."""
     max_new_tokens: int = 256
+    """Longest candidate, in tokens; a longer answer is cut there and still scored."""
     batch_size: int = 8
     """Prompts per generation batch (each yields samples_per_prompt sequences)."""
     max_prompts: int | None = None
@@ -57,13 +62,15 @@ class Args:
     endpoint: Endpoint | None = None
     """Generate through this server instead of loading the model here."""
     seed: int = 0
+    """Sampling seed of local generation; each rank adds its rank, so shards sample differently."""
     dtype: str = "auto"
+    """Weights dtype when loading the model here: auto (float32 on CPU), float32, bfloat16, float16."""
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 2:
-            raise ValueError("samples_per_prompt must be at least 2 to form pairs")
+            raise ValueError(f"samples_per_prompt must be at least 2 to form pairs, got {self.samples_per_prompt}")
         if not 0.0 <= self.max_failed_fraction <= 1.0:
-            raise ValueError("max_failed_fraction must be within 0..1")
+            raise ValueError(f"max_failed_fraction must be within 0..1, got {self.max_failed_fraction}")
 
 
 def load_prompts(inputs: dict[str, Any], args: Args, seed: int) -> list[dict[str, Any]]:

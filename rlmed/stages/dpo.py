@@ -51,13 +51,13 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from rlmed.rl.dfpo_trainer import DFPOTrainer
 
     if "precompute_ref_log_probs" in ctx.trainer:
-        raise ValueError("set args.precompute_ref instead of trainer.precompute_ref_log_probs")
+        raise ValueError("set args.precompute_ref instead of trainer.precompute_ref_log_probs, got "
+                         f"trainer.precompute_ref_log_probs={ctx.trainer['precompute_ref_log_probs']!r}")
     loaded = load_sources(inputs["pairs"], pair, seed=ctx.seed, total=args.num_samples)
     n_eval = int(len(loaded.items) * args.validation_fraction)
     train_pairs, eval_pairs = loaded.items[n_eval:], loaded.items[:n_eval]
     tokenizer = load_tokenizer(inputs["model"])
-    config = training.trainer_config(ctx, "trl.DPOConfig", has_eval=bool(eval_pairs), per_device_train_batch_size=8,
-                                     learning_rate=5e-7, num_train_epochs=1,
+    config = training.trainer_config(ctx, "trl.DPOConfig", has_eval=bool(eval_pairs),
                                      precompute_ref_log_probs=args.precompute_ref)
     # The config first: under ZeRO-3 the policy (and trl's reference copy) load partitioned.
     model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
@@ -86,5 +86,6 @@ SPEC = StageSpec(
     optional_outputs=frozenset({"merged"}),
     run=run,
     trainer_config="trl.DPOConfig",
+    trainer_defaults={"per_device_train_batch_size": 8, "learning_rate": 5e-7, "num_train_epochs": 1},
     doc=__doc__,
 )

@@ -1,24 +1,12 @@
 """Stage `evaluate`: the run's models side by side on eval sets, as the papers in our lineage report them.
 
-Each file of `data` is one eval set, its kind read from its rows (methods.md §7):
-- choice rows (`question`, `options`, `answer` letter): multiple-choice accuracy with robust answer extraction
-  (zero-shot, or `few_shot` solved examples taken from the set's first rows, which are then not scored, laid
-  out plainly or in MedS-Ins' case template);
-- hit-rate rows (`question`, `items`): QiZhen hit-rate criteria 1-3 against the expected items;
-- anything else is a prompt with the doctor's reply (dialogues, `prompt` + `reference`, ...): BLEU-1..4, GLEU,
-  ROUGE-1/2/L and Distinct-1/2 on jieba tokens; a `reward:` source scores the answers too; `judge` (an LLM judge
-  component) compares every model with the baseline in both answer orders (win/tie/loss).
-Generation is sharded across ranks (greedy by default) and saved (generations/<model>.jsonl, rows carrying what
-their metric needs: rlmed.eval.generations) before anything is scored. With a `reward:` source every rank
-scores the rows it generated and the scores are saved in those rows too; the main rank computes the metrics
-and reward means from the merged rows, judges and reports. Eval rows
-that also occur, exactly or nearly, in a data input of any other stage of the run are reported (contamination).
-Every metric of every model is compared with the baseline by a paired bootstrap over the eval rows (2,000
-resamples seeded from the stage's seed; methods.md §10), also per value of each `breakdown_by` row field (saved
-rows carry them as tags), and "What each stage did" measures each stage of the run against its nearest evaluated
-ancestor (`targets`, rlmed.eval.stage_effects). The stage writes results.json, report.md with PNG plots
-(`rlmed report <run_dir>` regenerates it; `--recompute` recomputes the metrics, intervals, breakdowns and stage
-effects from the saved generations first), and the report's tables to W&B.
+Each file of `data` is one eval set whose kind follows its rows (methods.md §7): multiple choice (accuracy, the
+letter read from a generated answer or the option scored by log-likelihood), QiZhen hit-rate rows, or prompts
+with the doctor's reply (BLEU, GLEU, ROUGE, Distinct on jieba tokens; optionally a `reward:` source and a
+pairwise `judge` against the baseline). Answers are generated sharded across ranks and saved before anything is
+scored, so `rlmed report --recompute` can redo every number from them; every metric is compared with the baseline
+by a paired bootstrap (methods.md §10), and eval rows found in other stages' data are reported as contamination.
+The stage writes results.json and report.md; how the parts fit: docs/architecture.md, "Evaluation".
 """
 
 from __future__ import annotations
@@ -36,6 +24,7 @@ class Args:
     """The model the others are compared with (its name: the stage id of `$id.model`, else the folder name);
     default the first model."""
     max_new_tokens: int = 128
+    """Longest answer, in tokens (>= 1); a longer one is cut there and scored as it is."""
     temperature: float = 0.0
     """0: greedy decoding."""
     samples_per_prompt: int = 1
@@ -47,11 +36,13 @@ class Args:
     sample_temperature: float = 1.0
     """The sampling temperature of the k answers of `samples_per_prompt`."""
     top_p: float = 1.0
+    """Nucleus cut-off (0..1] when sampling (temperature > 0); 1 keeps the whole distribution."""
     model_generation_config: bool = False
     """Let each model's own generation_config.json (repetition_penalty, top_k, no_repeat_ngram_size, ...) fill
     every generation setting not given here; default: plain greedy (or temperature/top_p) decoding whatever the
     file says. results.json records each model's settings under `generation`."""
     batch_size: int = 8
+    """Prompts per generation (or log-likelihood) batch (>= 1): a memory and speed setting."""
     max_rows: int | None = None
     """Rows used per eval set (the first N); None: all."""
     few_shot: int = 0
@@ -68,7 +59,10 @@ class Args:
     judge: dict[str, Any] | None = None
     """An LLM judge component ({_component_: reward.judge.LLMJudge, ...}) for pairwise win/tie/loss."""
     contamination_threshold: float = 0.8
+    """Share (0, 1] of an eval row's character 5-grams found in one training row that reports it as contaminated
+    (rlmed.eval.contamination); 0.8 tolerates light rewording, 1.0 reports only rows copied whole."""
     dtype: str = "auto"
+    """Weights dtype when loading each model: auto (float32 on CPU), float32, bfloat16, float16."""
     seed: int = 42
     """Sampling seed (used when temperature > 0), and the seed of the paired-bootstrap draws."""
     breakdown_by: list[str] = field(default_factory=lambda: ["condition"])
@@ -79,13 +73,18 @@ class Args:
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 1 or (self.samples_per_prompt > 1 and self.sample_temperature <= 0):
-            raise ValueError("samples_per_prompt must be at least 1, and k > 1 samples need sample_temperature > 0")
+            raise ValueError(f"samples_per_prompt must be at least 1, and k > 1 samples need sample_temperature > 0, "
+                             f"got samples_per_prompt={self.samples_per_prompt}, "
+                             f"sample_temperature={self.sample_temperature}")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.few_shot < 0:
-            raise ValueError("max_new_tokens and batch_size must be at least 1, few_shot at least 0")
+            raise ValueError(f"max_new_tokens and batch_size must be at least 1, few_shot at least 0, got "
+                             f"max_new_tokens={self.max_new_tokens}, batch_size={self.batch_size}, "
+                             f"few_shot={self.few_shot}")
         if not 0.0 < self.contamination_threshold <= 1.0:
-            raise ValueError("contamination_threshold must be within (0, 1]")
+            raise ValueError(f"contamination_threshold must be within (0, 1], got {self.contamination_threshold}")
         if self.choice_template == "meds_ins" and self.few_shot < 1:
-            raise ValueError("choice_template meds_ins needs few_shot >= 1 (its cases are the solved examples)")
+            raise ValueError(f"choice_template meds_ins needs few_shot >= 1 (its cases are the solved examples), "
+                             f"got few_shot={self.few_shot}")
         if not all(isinstance(f, str) and f for f in self.breakdown_by):
             raise ValueError(f"breakdown_by must list eval-row field names, got {self.breakdown_by!r}")
         bad = {k: v for k, v in self.targets.items() if not isinstance(v, str) or "/" not in v.strip("/")}

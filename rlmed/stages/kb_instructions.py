@@ -34,7 +34,8 @@ class Args:
 
     def __post_init__(self) -> None:
         if not self.templates:
-            raise ValueError("templates: give at least one {question: ..., answer: ...} template")
+            raise ValueError(f"templates: give at least one {{question: ..., answer: ...}} template, got "
+                             f"{self.templates!r}")
         for index, template in enumerate(self.templates):
             placeholders(template, index)
 
@@ -48,7 +49,7 @@ def placeholders(template: dict[str, str], index: int) -> list[str]:
     for key in TEMPLATE_KEYS:
         text = template[key]
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{where}.{key}: expected a non-empty template string")
+            raise ValueError(f"{where}.{key}: expected a non-empty template string, got {text!r}")
         try:
             parsed = list(string.Formatter().parse(text))
         except ValueError as exc:  # unbalanced braces

@@ -36,15 +36,19 @@ class Args(MoleSettings):
     routing_rows_per_task: int = 16
     """Rows per task the routing statistics are measured on."""
     chat_template: str | None = None
+    """Jinja chat template text, or a path to a .jinja file; None: the model's own template (as in `sft`)."""
     num_samples: int | None = None
+    """Dialogues after mixing (sources up- or down-sampled to reach it); None: every row once."""
     validation_fraction: float = 0.05
+    """Share of mixed dialogues held out for the eval loss (0..0.5); 0 turns it off."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.validation_fraction < 0.5:
             raise ValueError(f"validation_fraction must be within 0..0.5, got {self.validation_fraction}")
         if self.routing_every < 0 or self.routing_rows_per_task < 1:
-            raise ValueError("routing_every must be >= 0 and routing_rows_per_task >= 1")
+            raise ValueError(f"routing_every must be >= 0 and routing_rows_per_task >= 1, got "
+                             f"routing_every={self.routing_every}, routing_rows_per_task={self.routing_rows_per_task}")
 
     def settings(self) -> MoleSettings:
         return MoleSettings(**{f.name: getattr(self, f.name) for f in fields(MoleSettings)})
@@ -53,7 +57,7 @@ class Args(MoleSettings):
 def _zero3(ctx: StageContext) -> bool:
     import json
 
-    config = ctx.trainer.get("deepspeed")
+    config = ctx.trainer_setting("deepspeed")
     if isinstance(config, str) and Path(config).is_file():
         config = json.loads(Path(config).read_text(encoding="utf-8"))
     return isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3
@@ -73,10 +77,11 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
         task = record.row.get(args.task_field) if isinstance(record.row, dict) else None
         return as_messages(record, fmt), str(task if task is not None else Path(record.path).stem)
 
-    if args.aux_loss_coef and ctx.trainer.get("gradient_checkpointing", True) and _zero3(ctx):
+    if args.aux_loss_coef and ctx.trainer_setting("gradient_checkpointing", True) and _zero3(ctx):
         # trl forces reentrant checkpointing for PEFT under ZeRO-3, which cuts the router's loss off its gradient.
         raise ValueError("aux_loss_coef > 0 cannot train under ZeRO-3 with gradient checkpointing (trl makes it "
-                         "reentrant for adapters); set trainer.gradient_checkpointing: false or aux_loss_coef: 0")
+                         "reentrant for adapters); set trainer.gradient_checkpointing: false or aux_loss_coef: 0, "
+                         f"got aux_loss_coef={args.aux_loss_coef}")
     loaded = load_sources(inputs["data"], task_dialogue, seed=ctx.seed, total=args.num_samples)
     rows = loaded.items
     n_eval = int(len(rows) * args.validation_fraction)
@@ -90,12 +95,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
         if len(probe_rows.setdefault(task, [])) < args.routing_rows_per_task:
             probe_rows[task].append((ids, assistant))
 
-    config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=eval_set is not None,
-                                     per_device_train_batch_size=8, learning_rate=2e-4, num_train_epochs=1,
-                                     max_length=1024,
-                                     # trl checkpoints by default; reentrant checkpointing would cut the
-                                     # router's load-balancing loss off from its gradient.
-                                     gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=eval_set is not None)
     settings = args.settings()
     # The config first: under ZeRO-3 the base loads partitioned; the experts are added on top.
     model = mole.wrap(load_causal_lm(inputs["model"], dtype=args.dtype), settings)
@@ -129,5 +129,10 @@ SPEC = StageSpec(
     optional_outputs=frozenset({"merged"}),
     run=run,
     trainer_config="trl.SFTConfig",
+    trainer_defaults={"per_device_train_batch_size": 8, "learning_rate": 2e-4, "num_train_epochs": 1,
+                      "max_length": 1024,
+                      # trl checkpoints activations by default; reentrant checkpointing would cut the router's
+                      # load-balancing loss off from its gradient.
+                      "gradient_checkpointing_kwargs": {"use_reentrant": False}},
     doc=__doc__,
 )

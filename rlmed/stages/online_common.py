@@ -30,7 +30,10 @@ class Args(ModelArgs):
     heldout_prompts: int = 0
     """Prompts kept out of training to measure the reward before and after."""
     heldout_max_new_tokens: int = 64
+    """Longest held-out answer, in tokens; the same cap before and after training, so the two rewards compare."""
     max_failed_fraction: float = 0.2
+    """Fail the run once more than this share (0..1) of its samples went unscored: a reward source that mostly
+    fails would otherwise train on the few samples it happened to score."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,8 +119,7 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
         metrics["heldout_reward_start"] = write_heldout("heldout_start.jsonl", inputs["model"])
 
     tokenizer = load_tokenizer(inputs["model"])
-    config = training.trainer_config(ctx, config_path, has_eval=False, per_device_train_batch_size=8,
-                                     learning_rate=1e-6, num_train_epochs=1)
+    config = training.trainer_config(ctx, config_path, has_eval=False)
     model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
     model, parameters = training.with_lora(model, args.lora)
     name = ctx.reward["_component_"].rsplit(".", 1)[-1]
@@ -166,6 +168,7 @@ def make_spec(kind: str, trainer_path: str, config_path: str, doc: str) -> Stage
         optional_outputs=frozenset({"merged"}),
         run=make_run(trainer_path, config_path),
         trainer_config=config_path,
+        trainer_defaults={"per_device_train_batch_size": 8, "learning_rate": 1e-6, "num_train_epochs": 1},
         reward="required",
         doc=doc,
     )

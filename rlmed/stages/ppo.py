@@ -6,11 +6,10 @@ class), a per-token KL penalty against the reference keeps it close to the input
 clipped policy and value updates for `ppo_epochs` passes over each rollout. The value model starts from
 `inputs.value_model` (HuatuoGPT: the reward model) or, when that is absent, from the policy with a new head.
 
-The loop lives in rlmed.rl.ppo_trainer (a transformers Trainer, so ZeRO-2/3, checkpoints and resume are the
-Trainer's); the math in rlmed.rl.ppo_math. The `trainer:` block takes transformers.TrainingArguments fields
-(learning rate, per-device micro-batch, gradient accumulation, deepspeed, ...); its length and checkpoint
-interval are set here in rollouts (`num_rollouts`, `save_every_rollouts`), so that checkpoints fall on rollout
-boundaries and resume exactly.
+The `trainer:` block takes transformers.TrainingArguments fields (learning rate, micro-batch, gradient
+accumulation, deepspeed, ...); the run's length and checkpoint interval are args, in rollouts. The trainer is
+rlmed.rl.ppo_trainer, the math rlmed.rl.ppo_math; how rollouts map onto the Trainer's steps:
+docs/architecture.md, "PPO".
 """
 
 from __future__ import annotations
@@ -36,9 +35,10 @@ def micro_batching(ctx: StageContext, args: Args) -> RolloutSchedule:
     """The Trainer's steps per rollout, after checking the batch sizes fit together."""
     for key, arg in DERIVED_TRAINER_FIELDS.items():
         if key in ctx.trainer:
-            raise ValueError(f"trainer.{key} is derived from args.{arg} in a ppo stage; remove it from trainer:")
-    return args.schedule(ctx.trainer.get("per_device_train_batch_size", 8),
-                         ctx.trainer.get("gradient_accumulation_steps", 1))
+            raise ValueError(f"trainer.{key} is derived from args.{arg} in a ppo stage; remove it from trainer: "
+                             f"(got trainer.{key}={ctx.trainer[key]!r})")
+    return args.schedule(ctx.trainer_setting("per_device_train_batch_size"),
+                         ctx.trainer_setting("gradient_accumulation_steps", 1))
 
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
@@ -64,8 +64,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     # Built before any model loads, so that under ZeRO-3 the loads below are partitioned across ranks.
     config = training.trainer_config(
         ctx, "transformers.TrainingArguments", has_eval=False, per_device_train_batch_size=schedule.micro_batch,
-        learning_rate=1e-5, max_steps=schedule.max_steps, save_steps=schedule.save_steps, remove_unused_columns=False,
-        lr_scheduler_type="constant")  # RL rewards move; a decay to 0 would stop learning by the last rollouts
+        max_steps=schedule.max_steps, save_steps=schedule.save_steps)
     from transformers import set_seed
 
     set_seed(ctx.seed)  # a value head started from the policy is initialised randomly: by the seed, not by chance
@@ -109,6 +108,10 @@ SPEC = StageSpec(
     optional_outputs=frozenset({"merged"}),
     run=run,
     trainer_config="transformers.TrainingArguments",
+    trainer_defaults={"per_device_train_batch_size": 8, "learning_rate": 1e-5,
+                      "remove_unused_columns": False,  # the rollout batches carry no model-input columns
+                      # RL rewards move; a decay to 0 would stop learning by the last rollouts.
+                      "lr_scheduler_type": "constant"},
     reward="required",
     doc=__doc__,
 )

@@ -47,7 +47,7 @@ def source_weights(corpus: list[DataSource], instructions: list[DataSource], siz
         if all(w is None for w in given):
             return None
         if any(w is None for w in given):
-            raise ValueError("give a weight to every corpus and instruction source, or to none")
+            raise ValueError(f"give a weight to every corpus and instruction source, or to none, got weights {given}")
         return [float(w) for w in given]  # type: ignore[arg-type]
     weights = []
     for group, share, group_sizes in ((corpus, 1.0 - ratio, sizes[: len(corpus)]),
@@ -70,7 +70,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
 
     corpus, instructions = inputs["corpus"], inputs.get("instructions", [])
     if args.instruction_ratio and not instructions:
-        raise ValueError("args.instruction_ratio is set but inputs.instructions is empty")
+        raise ValueError(f"args.instruction_ratio is set but inputs.instructions is empty, got "
+                         f"instruction_ratio={args.instruction_ratio}")
     mixed = load_sources(corpus + instructions, text, seed=ctx.seed, total=args.num_documents,
                          weights=lambda sizes: source_weights(corpus, instructions, sizes, args.instruction_ratio))
     n_eval = int(len(mixed.items) * args.validation_fraction)
@@ -96,8 +97,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
                  "%d tokens dropped at the tail", len(train_docs), from_instructions, train_pack.num_tokens,
                  len(train_pack.blocks), args.max_length, train_pack.dropped_tokens)
 
-    config = training.trainer_config(ctx, "transformers.TrainingArguments", has_eval=eval_set is not None,
-                                     per_device_train_batch_size=8, learning_rate=5e-5, num_train_epochs=1)
+    config = training.trainer_config(ctx, "transformers.TrainingArguments", has_eval=eval_set is not None)
     # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
     model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
     model, parameters = training.with_lora(model, args.lora)
@@ -132,5 +132,6 @@ SPEC = StageSpec(
     optional_outputs=frozenset({"merged"}),
     run=run,
     trainer_config="transformers.TrainingArguments",
+    trainer_defaults={"per_device_train_batch_size": 8, "learning_rate": 5e-5, "num_train_epochs": 1},
     doc=__doc__,
 )

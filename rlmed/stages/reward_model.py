@@ -33,7 +33,8 @@ class Args(ModelArgs):
         if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
             raise ValueError(f"min_accuracy must be within 0..1, got {self.min_accuracy}")
         if self.min_accuracy is not None and self.validation_fraction == 0:
-            raise ValueError("min_accuracy needs held-out pairs: set validation_fraction above 0")
+            raise ValueError(f"min_accuracy needs held-out pairs: set validation_fraction above 0, got "
+                             f"min_accuracy={self.min_accuracy}, validation_fraction={self.validation_fraction}")
 
 
 def side_ids(tokenizer: Any, prompt: list[dict], answer: str) -> list[int]:
@@ -72,8 +73,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
         return Dataset.from_dict({"chosen_ids": [side_ids(tokenizer, p.prompt, p.chosen) for p in pairs],
                                   "rejected_ids": [side_ids(tokenizer, p.prompt, p.rejected) for p in pairs]})
 
-    config = training.trainer_config(ctx, "trl.RewardConfig", has_eval=bool(eval_pairs),
-                                     per_device_train_batch_size=8, learning_rate=1e-5, num_train_epochs=1)
+    config = training.trainer_config(ctx, "trl.RewardConfig", has_eval=bool(eval_pairs))
     # The shared loader: a LoRA input (or chain) merges into the backbone and names the model after its folder, so
     # a LoRA reward model records a base that reloads with that training; a MoLE input is refused clearly.
     model = load_scalar_head_model(inputs["model"], dtype=args.dtype, pad_token_id=tokenizer.pad_token_id,
@@ -111,5 +111,6 @@ SPEC = StageSpec(
     optional_outputs=frozenset({"merged"}),
     run=run,
     trainer_config="trl.RewardConfig",
+    trainer_defaults={"per_device_train_batch_size": 8, "learning_rate": 1e-5, "num_train_epochs": 1},
     doc=__doc__,
 )

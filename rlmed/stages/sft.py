@@ -1,28 +1,16 @@
 """Stage `sft`: full-parameter supervised fine-tuning on dialogues, through trl's SFTTrainer.
 
-Dialogues (alpaca, ShareGPT, OpenAI messages; multi-turn) are rendered with the model's chat template, or one
-given in `args.chat_template`, and tokenised here in batches with a mask of the assistant's tokens
-(rlmed.data.chat), which works with templates that have no generation markers, and labels built from it, so
-the loss falls on assistant tokens only, end-of-turn included; truncation (`trainer.max_length`) and optional
-packing (`trainer.packing`) are trl's. Chain two `sft` stages for DISC-MedLLM's two-stage SFT.
+Dialogues (alpaca, ShareGPT, OpenAI messages; multi-turn) are rendered with the model's chat template, or
+`args.chat_template`, and tokenised here in batches with a mask of the assistant's tokens (rlmed.data.chat, which
+needs no generation markers in the template) and labels built from it, so the loss falls on assistant tokens
+only, end-of-turn included. Truncation (`trainer.max_length`) and packing (`trainer.packing`) are trl's. Chain two
+`sft` stages for DISC-MedLLM's two-stage SFT.
 
-Batches are drawn in a plain random order by default, as in transformers. `trainer.train_sampling_strategy:
-group_by_length` draws batches of similar lengths instead (transformers' length-grouped sampler: random
-mega-batches of up to 50 batches, each sorted by length): on gamma-distributed dialogue lengths that leaves 2% of
-a batch as padding instead of 43%, and the tiny model trains 1.6x more tokens per second (`python -m bench.data`).
-It is not the default because it has costs people watching a run notice: the per-step loss then follows the
-batches' lengths (a saw-tooth; judge progress by eval_loss), and the batches depend on the per-device batch size,
-so 2 ranks x 4 rows no longer see the same global batches as 1 rank x 8.
-
-Packing is off by default. `trainer.packing: true` packs the dialogues into rows of up to `max_length` tokens
-(trl's `packing_strategy: bfd`) and trains on padding-free batches: a batch's rows are flattened into one
-sequence whose dialogues are kept apart by their position ids, with the loss still on assistant tokens only.
-It removes the padding (about 43% of the tokens of padded batches of 8 on gamma-distributed dialogue lengths;
-`python -m bench.data`), and `per_device_train_batch_size` then counts packed rows, not dialogues. But under
-sdpa (transformers' default, and what `args.attn_implementation: auto` gives without flash-attn), the flattened batch is
-attended as one sequence under a block-diagonal mask, so attention costs (rows x max_length)^2 per batch: the
-tiny model on CPU trains 2-3x fewer tokens per second packed than padded. Packing pays with a varlen flash
-attention (`flash_attention_2`/`_3`), or for models large enough that their linear layers dominate the step.
+Batches are drawn in plain random order and padded, as in transformers. Two switches cut the padding, each at a
+cost, so neither is the default: `trainer.train_sampling_strategy: group_by_length` (the per-step loss then
+follows the batches' lengths, and the batches depend on the per-device batch size) and `trainer.packing: true`
+(padding-free rows that pay only under a varlen attention such as flash_attention_2; the stage warns when they
+would run under sdpa/eager). Their figures: docs/benchmarks.md, bench.data.
 """
 
 from __future__ import annotations
@@ -95,8 +83,8 @@ def warn_dense_packing(ctx: StageContext, config: Any, model: Any) -> None:
     attention = getattr(model.config, "_attn_implementation", None)
     if getattr(config, "packing", False) and attention in ("sdpa", "eager"):
         ctx.log.warning("trainer.packing with %s attention: a batch's packed rows are attended as one sequence "
-                        "under a block-diagonal mask, which costs (rows x max_length)^2 and trained the tiny model "
-                        "2-3x slower than padded batches (bench.data); set args.attn_implementation: "
+                        "under a block-diagonal mask, which costs (rows x max_length)^2 and is slower than padded "
+                        "batches (docs/benchmarks.md, bench.data); set args.attn_implementation: "
                         "flash_attention_2 (pip install flash-attn) on a GPU, or trainer.packing: false", attention)
 
 
@@ -122,9 +110,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     eval_set = tokenize_all(tokenizer, eval_rows, "validation") if eval_rows else None
     ctx.log.info("sft data: %d train dialogues, %d validation", len(train_rows), len(eval_rows))
 
-    config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=eval_set is not None,
-                                     per_device_train_batch_size=8, learning_rate=2e-5, num_train_epochs=1,
-                                     max_length=1024)
+    config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=eval_set is not None)
     # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
     model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
     model, parameters = training.with_lora(model, args.lora)
@@ -149,5 +135,7 @@ SPEC = StageSpec(
     optional_outputs=frozenset({"merged"}),
     run=run,
     trainer_config="trl.SFTConfig",
+    trainer_defaults={"per_device_train_batch_size": 8, "learning_rate": 2e-5, "num_train_epochs": 1,
+                      "max_length": 1024},
     doc=__doc__,
 )

@@ -171,7 +171,8 @@ def test_llm_judge_reward_sees_the_doctor_reply_and_its_verdicts_are_cached(tmp_
 
 @pytest.mark.parametrize("change, message", [
     ({"args": {"rollout_batch_size": 12}}, "args.rollout_batch_size=12 must be a multiple of"),
-    ({"trainer": {"max_steps": 5}}, "trainer.max_steps is derived from args.num_rollouts"),
+    ({"trainer": {"max_steps": 5}}, "trainer.max_steps is derived from args.num_rollouts in a ppo stage; remove it "
+                                    "from trainer: (got trainer.max_steps=5)"),
 ])
 def test_batch_settings_that_do_not_fit_are_named(tmp_path, tiny_model, capsys, change, message):
     stage = ppo_stage(tiny_model, brevity())

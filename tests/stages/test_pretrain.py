@@ -40,3 +40,4 @@ def test_instruction_ratio_without_instructions_fails_naming_the_stage(tmp_path,
     assert run_recipe(tmp_path, stages) == 1
     err = capsys.readouterr().err
     assert "stage 'cpt' (pretrain) failed" in err and "inputs.instructions is empty" in err
+    assert "got instruction_ratio=0.5" in err  # the value rlmed read, not only the rule

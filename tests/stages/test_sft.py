@@ -49,6 +49,14 @@ def test_sft_loss_falls_and_model_is_saved(tmp_path, tiny_model, fast_trainer):
     curve = losses(tmp_path, "sft")
     assert sum(curve[-5:]) / 5 < LOSS_FRACTION * curve[0]
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "sft" / "model")
+    # The manifest holds the trainer config the run had, rebuildable: recipe fields over sft's declared defaults.
+    from trl import SFTConfig
+
+    from rlmed.stages.sft import SPEC
+
+    rebuilt = SFTConfig(**m["trainer_fields"])
+    assert (rebuilt.learning_rate, rebuilt.max_length, rebuilt.max_steps) == (5e-3, 384, FAST_STEPS)
+    assert rebuilt.num_train_epochs == SPEC.trainer_defaults["num_train_epochs"] and not rebuilt.bf16
 
 
 def test_two_chained_sft_stages_disc_medllm_style(tmp_path, tiny_model):

@@ -108,8 +108,9 @@ def _copy(src: Path, dst: Path) -> Path:
     ({"dropout": 1.0}, "dropout"), ({"aux_loss_coef": -0.1}, "aux_loss_coef"), ({"target_modules": []},
                                                                                   "target_modules")])
 def test_settings_reject_bad_values(bad, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=field) as info:
         mole.MoleSettings(**bad)
+    assert f"got {bad[field]!r}" in str(info.value)  # the value received, not only the rule
 
 
 # -- the layer -------------------------------------------------------------------------------------------------

@@ -258,6 +258,7 @@ def test_merge_without_lora(files):
     stages[1]["args"] = {"merge": True}
     line = one_problem(files, {"name": "x", "stages": stages})
     assert "stage 'sft': args: merge: true needs a lora block" in line
+    assert line.endswith("got merge=True, lora=None")  # the values rlmed read, not only the rule
 
 
 def feedback_stage(**extra) -> dict:
