@@ -8,7 +8,7 @@ the Record remembers it, so a missing field is reported under the user's column 
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping
 
 from rlmed.data.records import Record, Row
 
@@ -31,8 +31,7 @@ def rename_columns(record: Record, columns: Mapping[str, str]) -> Record:
     return Record(record.path, record.line, row, columns=record.columns + renamed)
 
 
-def rename_rows(rows: list[Row], columns: Mapping[str, str] | None) -> list[Row]:
-    """Apply ``columns`` to every readable row; bad rows (DataErrors) pass through untouched."""
-    if not columns:
-        return rows
-    return [rename_columns(r, columns) if isinstance(r, Record) else r for r in rows]
+def rename_rows(rows: Iterable[Row], columns: Mapping[str, str] | None) -> Iterator[Row]:
+    """Apply ``columns`` to every readable row as it comes; bad rows (DataErrors) pass through untouched."""
+    for row in rows:
+        yield rename_columns(row, columns) if columns and isinstance(row, Record) else row

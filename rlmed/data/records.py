@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataError", "Record", "Row", "read_records", "scan_records", "type_name", "SUPPORTED_EXTENSIONS"]
+__all__ = ["DataError", "Record", "Row", "iter_records", "read_records", "scan_records", "type_name",
+           "SUPPORTED_EXTENSIONS"]
 
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".txt", ".parquet", ".csv", ".tsv")
 _EXPECTED_FILES = ".jsonl, .json, .txt, .parquet, .csv, .tsv or a datasets save_to_disk folder"
@@ -27,6 +29,7 @@ _EXPECTED_FILES = ".jsonl, .json, .txt, .parquet, .csv, .tsv or a datasets save_
 # Progress bars only help on inputs big enough to take noticeable time; below
 # this they are noise (and would clutter test output).
 PROGRESS_MIN_ITEMS = 10_000
+PROGRESS_BYTES_PER_ITEM = 500  # a file is "big" from about PROGRESS_MIN_ITEMS rows of this size
 
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 _BOM = b"\xef\xbb\xbf"
@@ -124,34 +127,44 @@ def scan_records(path: str | Path) -> list[Row]:
     the wrong number of cells); a file that cannot be read at all (not found, unknown extension, broken .json
     array, not UTF-8, no rows) still raises, since no row of it can be trusted.
     """
+    return list(iter_records(path))
+
+
+def iter_records(path: str | Path, progress: bool = True) -> Iterator[Row]:
+    """:func:`scan_records` one row at a time. JSON Lines, text and Parquet files and saved datasets are
+    streamed, so memory does not grow with the file (rlmed.data.prepared writes the rows to Arrow as they
+    come); a .json array or a CSV/TSV file is read whole first, as its structure needs. The file-level errors
+    of :func:`scan_records` are raised when reached, rows before them having been yielded."""
     from rlmed.data import tables  # late: tables imports this module
 
     name = str(path)
+    count = 0
     if Path(name).is_dir():
         if not tables.is_saved_dataset(name):
             raise DataError(name, None, "is a directory, expected a data file or a folder written by datasets' "
                                         "save_to_disk (with dataset_info.json and state.json, or dataset_dict.json)")
-        rows: list[Row] = tables.read_saved_dataset(name)
+        rows: Iterable[Row] = tables.iter_saved_dataset(name)
     else:
         ext = Path(name).suffix.lower()
         if ext not in SUPPORTED_EXTENSIONS:
             raise DataError(name, None, f"unsupported data file extension '{ext}'; expected {_EXPECTED_FILES}")
         if ext == ".parquet":
-            rows = tables.read_parquet(name)
+            rows = tables.iter_parquet(name)
+        elif ext in (".jsonl", ".txt"):
+            lines = _iter_lines(name, progress)
+            rows = _read_jsonl(name, lines) if ext == ".jsonl" else _read_txt(name, lines)
         else:
             text = _decode(name, _read_bytes(name))
-            if ext == ".jsonl":
-                rows = _read_jsonl(name, text)
-            elif ext == ".json":
+            if ext == ".json":
                 rows = _read_json_array(name, text)
-            elif ext in (".csv", ".tsv"):
-                rows = tables.read_delimited(name, text, "\t" if ext == ".tsv" else ",")
             else:
-                rows = _read_txt(name, text)
-    if not rows:
+                rows = tables.read_delimited(name, text, "\t" if ext == ".tsv" else ",")
+    for row in rows:
+        count += 1
+        yield row
+    if not count:
         raise DataError(name, None, "no rows")
-    logger.debug("read %d rows from %s", len(rows), name)
-    return rows
+    logger.debug("read %d rows from %s", count, name)
 
 
 def _read_bytes(name: str) -> bytes:
@@ -191,24 +204,45 @@ def _object_row(name: str, line: int, value: Any) -> Row:
     return Record(name, line, value)
 
 
-def _read_jsonl(name: str, text: str) -> list[Row]:
-    lines = text.split("\n")
-    records: list[Row] = []
-    for number, line in enumerate(
-        tqdm(lines, desc=f"reading {Path(name).name}", unit="line",
-             disable=progress_disabled(len(lines))),
-        start=1,
-    ):
+def _iter_lines(name: str, progress: bool) -> Iterator[tuple[int, str]]:
+    """(1-based number, text) of each line of a UTF-8 file, read as a stream: a BOM at the start is dropped,
+    CRLF endings count as LF, and bytes that are not UTF-8 raise with their line and column."""
+    try:
+        handle = open(name, "rb")
+    except FileNotFoundError:
+        raise DataError(name, None, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(name, None, "is a directory, expected a data file") from None
+    with handle, tqdm(total=os.fstat(handle.fileno()).st_size, desc=f"reading {Path(name).name}", unit="B",
+                      unit_scale=True, disable=True if not progress else progress_disabled(
+                          os.fstat(handle.fileno()).st_size // PROGRESS_BYTES_PER_ITEM)) as bar:
+        for number, raw in enumerate(handle, start=1):
+            bar.update(len(raw))
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
+            if raw.endswith(b"\n"):
+                raw = raw[:-1]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = raw[e.start:e.start + 1].hex()
+                raise DataError(name, number, f"file is not valid UTF-8 (byte 0x{bad} at column {e.start + 1})"
+                                ) from None
+
+
+def _read_jsonl(name: str, lines: Iterable[tuple[int, str]]) -> Iterator[Row]:
+    for number, line in lines:
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
             # One broken line leaves the others readable, so it is a bad row, not a bad file.
-            records.append(_json_error(name, number, e))
+            yield _json_error(name, number, e)
             continue
-        records.append(_object_row(name, number, value))
-    return records
+        yield _object_row(name, number, value)
 
 
 def _read_json_array(name: str, text: str) -> list[Row]:
@@ -263,19 +297,17 @@ def _structure_error(name: str, text: str, pos: int, what: str) -> DataError:
     return DataError(name, line, f"invalid JSON: {what} at column {column}")
 
 
-def _read_txt(name: str, text: str) -> list[Row]:
+def _read_txt(name: str, lines: Iterable[tuple[int, str]]) -> Iterator[Row]:
     """Split plain text into paragraphs; each becomes a ``{"text": ...}`` row."""
-    records: list[Row] = []
     paragraph: list[str] = []
     start = 0
-    for number, line in enumerate(text.split("\n"), start=1):
+    for number, line in lines:
         if line.strip():
             if not paragraph:
                 start = number
             paragraph.append(line)
         elif paragraph:
-            records.append(Record(name, start, {"text": "\n".join(paragraph)}))
+            yield Record(name, start, {"text": "\n".join(paragraph)})
             paragraph = []
     if paragraph:
-        records.append(Record(name, start, {"text": "\n".join(paragraph)}))
-    return records
+        yield Record(name, start, {"text": "\n".join(paragraph)})

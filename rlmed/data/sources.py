@@ -11,16 +11,21 @@ contract; rlmed.stages.base re-exports it for stage files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from array import array
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Literal, Sequence, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterator, Literal, Sequence, TypeVar
 
 from rlmed.data.columns import rename_rows
 from rlmed.data.dialogues import DoctorPrompt, as_doctor_prompts
 from rlmed.data.formats import as_messages, as_text
-from rlmed.data.mixing import MixResult, mix
+from rlmed.data.mixing import MixPlan, MixResult, plan_mix
+from rlmed.data.prepared import ArrowItems, Codec, DataCache, open_files, write_items
 from rlmed.data.pairwise import Pair, as_pair
-from rlmed.data.records import DataError, Record, Row, scan_records
+from rlmed.artifacts import stable_hash
+from rlmed.data.records import DataError, Record, Row, iter_records
 from rlmed.data.tables import without_nulls
 
 logger = logging.getLogger(__name__)
@@ -60,7 +65,7 @@ class SourceRows(Generic[T]):
     reasons: list[str] = field(default_factory=list)
 
 
-def _hub_rows(source: DataSource) -> list[Row]:
+def _hub_rows(source: DataSource) -> Iterator[Row]:
     try:
         from datasets import load_dataset
 
@@ -72,13 +77,19 @@ def _hub_rows(source: DataSource) -> list[Row]:
                         f"{first}); download it (datasets' save_to_disk, or a .parquet/.jsonl file) and point "
                         f"the recipe at the local copy") from exc
     # Hub rows are Arrow rows like a Parquet file's: nulls stand for absent fields.
-    return [Record(source.path, i + 1, without_nulls(dict(row))) for i, row in enumerate(table)]
+    for i, row in enumerate(table):
+        yield Record(source.path, i + 1, without_nulls(dict(row)))
+
+
+def iter_source(source: DataSource) -> Iterator[Row]:
+    """Rows of one source as a stream, columns renamed; a row that could not be read is its DataError."""
+    rows = iter_records(source.path) if source.is_local else _hub_rows(source)
+    return rename_rows(rows, source.columns)
 
 
 def scan_source(source: DataSource) -> list[Row]:
     """Rows of one source, columns renamed; a row that could not be read is its DataError, in place."""
-    rows = scan_records(source.path) if source.is_local else _hub_rows(source)
-    return rename_rows(rows, source.columns)
+    return list(iter_source(source))
 
 
 def source_records(source: DataSource) -> list[Record]:
@@ -94,30 +105,39 @@ def source_records(source: DataSource) -> list[Record]:
     return rows  # type: ignore[return-value]  # no DataError left in it
 
 
-def convert_source(source: DataSource, convert: Callable[[Record, str | None], T]) -> SourceRows[T]:
-    """Convert every row of one source, failing on or skipping bad rows as the source's `on_bad_rows` says.
-
-    Skipping still fails when no row survives, since a stage fed nothing would fail later and less clearly.
-    """
-    rows = scan_source(source)
-    out: SourceRows[T] = SourceRows(items=[])
-    for row in rows:
+def iter_converted(source: DataSource, convert: Callable[[Record, str | None], T],
+                   out: SourceRows[Any]) -> Iterator[T]:
+    """Convert every row of one source as it is read, failing on or skipping bad rows as the source's
+    `on_bad_rows` says; `out` collects the skipped count and first reasons. Skipping still fails when no row
+    survives, since a stage fed nothing would fail later and less clearly."""
+    rows = kept = 0
+    for row in iter_source(source):
+        rows += 1
         try:
             if isinstance(row, DataError):
                 raise row
-            out.items.append(convert(row, source.format))
+            item = convert(row, source.format)
         except DataError as exc:
             if source.on_bad_rows != "skip":
                 raise
             out.bad_rows += 1
             if len(out.reasons) < MAX_REASONS:
                 out.reasons.append(str(exc))
+            continue
+        kept += 1
+        yield item
     if out.bad_rows:
         logger.warning("%s: skipped %d bad row(s) of %d (on_bad_rows: skip); the first: %s",
-                       source.path, out.bad_rows, len(rows), out.reasons[0])
-        if not out.items:
+                       source.path, out.bad_rows, rows, out.reasons[0])
+        if not kept:
             raise DataError(source.path, None, f"every row is bad ({out.bad_rows} skipped with on_bad_rows: "
                                                f"skip); the first: {out.reasons[0]}")
+
+
+def convert_source(source: DataSource, convert: Callable[[Record, str | None], T]) -> SourceRows[T]:
+    """Every row of one source converted (see :func:`iter_converted`)."""
+    out: SourceRows[T] = SourceRows(items=[])
+    out.items = list(iter_converted(source, convert, out))
     return out
 
 
@@ -126,7 +146,7 @@ Weights = Sequence[float] | Callable[[list[int]], Sequence[float] | None]
 
 def load_sources(sources: Sequence[DataSource], convert: Callable[[Record, str | None], T],
                  seed: int, total: int | None = None, weights: Weights | None = None,
-                 keep_order: bool = False) -> MixResult[T]:
+                 keep_order: bool = False, cache: DataCache | None = None) -> MixResult[T]:
     """Convert every row of every source, then mix.
 
     A bad row raises its DataError, or is skipped and counted for a source with `on_bad_rows: skip`; the
@@ -134,25 +154,62 @@ def load_sources(sources: Sequence[DataSource], convert: Callable[[Record, str |
     sources' own — as numbers, or as a function of the sources' row counts (after skipping) for callers whose
     weights depend on sizes; with neither, every row is used once. `keep_order` concatenates the sources in
     file order instead of mixing (for stages whose output follows the input, like kb_instructions).
+
+    With a `cache` and a :class:`Codec` converter the rows go through Arrow (rlmed.data.prepared): each source
+    is converted once into the cache, and the result's `items` is an ArrowItems sequence over the memory-mapped
+    rows, mixed in the same order as the in-memory path gives.
     """
-    converted = [convert_source(source, convert) for source in sources]
+    if cache is not None and isinstance(convert, Codec):
+        per_source = [_prepared_source(cache, source, convert) for source in sources]
+        sizes = [record["rows"] for _, record in per_source]
+        converted = [SourceRows(items=[], bad_rows=record["bad_rows"], reasons=record["reasons"])
+                     for _, record in per_source]
+    else:
+        converted = [convert_source(source, convert) for source in sources]
+        sizes = [len(c.items) for c in converted]
     if keep_order:
-        result = MixResult(items=[item for c in converted for item in c.items],
-                           source_ids=[i for i, c in enumerate(converted) for _ in c.items],
-                           counts=[len(c.items) for c in converted])
+        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        plan = MixPlan(order=array("q", range(sum(sizes))), counts=sizes, offsets=offsets)
     else:
         if callable(weights):
-            weights = weights([len(c.items) for c in converted])
+            weights = weights(sizes)
         if weights is None and any(s.weight is not None for s in sources):
             weights = [s.weight or 0.0 for s in sources]
-        result = mix([c.items for c in converted], weights, seed=seed, total=total)
-    for source, rows, count in zip(sources, converted, result.counts):
-        logger.info("data %s: %d rows, %d used%s", source.path, len(rows.items), count,
+        plan = plan_mix(sizes, weights, seed=seed, total=total)
+    source_ids = plan.source_ids()
+    if cache is not None and isinstance(convert, Codec):
+        import numpy as np
+
+        dataset = open_files(cache.root, [f"{folder.name}/rows.arrow" for folder, _ in per_source])
+        mixed = dataset if keep_order else dataset.select(np.frombuffer(plan.order, dtype=np.int64))
+        key = stable_hash({"sources": [folder.name for folder, _ in per_source], "order": plan.digest()})
+        items: Sequence[Any] = ArrowItems(mixed, convert.decode, key)
+    else:
+        flat = [item for c in converted for item in c.items]
+        items = [flat[index] for index in plan.order]
+    result = MixResult(items=items, source_ids=source_ids, counts=plan.counts)  # type: ignore[arg-type]
+    for source, rows, size, count in zip(sources, converted, sizes, result.counts):
+        logger.info("data %s: %d rows, %d used%s", source.path, size, count,
                     f", {rows.bad_rows} bad rows skipped" if rows.bad_rows else "")
         if rows.bad_rows:
             result.bad_rows[source.path] = result.bad_rows.get(source.path, 0) + rows.bad_rows
             result.bad_row_reasons += rows.reasons[: MAX_REASONS - len(result.bad_row_reasons)]
     return result
+
+
+def _prepared_source(cache: DataCache, source: DataSource, codec: Codec[Any]) -> tuple[Path, dict[str, Any]]:
+    """One source converted into the cache (or found there): its entry folder and record."""
+    content = cache.content_hash(source.path) if source.is_local else f"hub:{source.path}"
+    # The path too: rows remember it (in bad-row messages, and a converter may read it, e.g. mole's task name).
+    parts = {"path": source.path, "content": content, "columns": source.columns, "format": source.format,
+             "on_bad_rows": source.on_bad_rows, "converter": codec.name}
+
+    def build(folder: Path) -> dict[str, Any]:
+        out: SourceRows[Any] = SourceRows(items=[])
+        rows = write_items(folder / "rows.arrow", iter_converted(source, codec.convert, out), codec.encode)
+        return {"source": source.path, "rows": rows, "bad_rows": out.bad_rows, "reasons": out.reasons}
+
+    return cache.entry("rows", parts, build)
 
 
 def bad_row_metrics(result: MixResult[Any], prefix: str = "") -> dict[str, Any]:
@@ -165,24 +222,35 @@ def bad_row_metrics(result: MixResult[Any], prefix: str = "") -> dict[str, Any]:
     return metrics
 
 
-def dialogue(record: Record, fmt: str | None) -> list[dict[str, Any]]:
-    """A training dialogue (ends with the assistant)."""
+def _dialogue(record: Record, fmt: str | None) -> list[dict[str, Any]]:
     return as_messages(record, fmt)
 
 
-def text(record: Record, fmt: str | None) -> str:
-    """Text for pretraining; dialogue rows are flattened (hybrid instruction pretraining)."""
+def _text(record: Record, fmt: str | None) -> str:
     return as_text(record, fmt)
 
 
-def pair(record: Record, fmt: str | None) -> Pair:
-    """A preference pair (prompt, chosen, rejected), for reward-model and DPO-style stages."""
+def _pair(record: Record, fmt: str | None) -> Pair:
     return as_pair(record, fmt)
 
 
-def doctor_prompts(record: Record, fmt: str | None) -> list[DoctorPrompt]:
-    """Prompts with the real doctor's reply; one row may give several (one per doctor turn of a dialogue).
-
-    Mixing treats each row's list as one item (a dialogue's turns stay together); flatten after mixing.
-    """
+def _doctor_prompts(record: Record, fmt: str | None) -> list[DoctorPrompt]:
     return as_doctor_prompts(record, fmt)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+# The converters stages read rows with. Each is a Codec, so that with a DataCache its items go through Arrow.
+dialogue: Codec[list[dict[str, Any]]] = Codec("dialogue", _dialogue, _same, _same)
+"""A training dialogue (ends with the assistant)."""
+text: Codec[str] = Codec("text", _text, _same, _same)
+"""Text for pretraining; dialogue rows are flattened (hybrid instruction pretraining)."""
+pair: Codec[Pair] = Codec("pair", _pair, dataclasses.asdict, lambda d: Pair(**d))
+"""A preference pair (prompt, chosen, rejected), for reward-model and DPO-style stages."""
+doctor_prompts: Codec[list[DoctorPrompt]] = Codec(
+    "doctor_prompts", _doctor_prompts, lambda items: [dataclasses.asdict(i) for i in items],
+    lambda items: [DoctorPrompt(**i) for i in items])
+"""Prompts with the real doctor's reply; one row may give several (one per doctor turn of a dialogue).
+Mixing treats each row's list as one item (a dialogue's turns stay together); flatten after mixing."""

@@ -22,13 +22,14 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rlmed.data.records import DataError, Record, Row
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["is_saved_dataset", "read_parquet", "read_delimited", "read_saved_dataset", "without_nulls"]
+__all__ = ["is_saved_dataset", "iter_parquet", "iter_saved_dataset", "read_parquet", "read_delimited",
+           "read_saved_dataset", "without_nulls"]
 
 
 def without_nulls(value: Any) -> Any:
@@ -40,19 +41,31 @@ def without_nulls(value: Any) -> Any:
     return value
 
 
+# Rows converted to Python objects at a time when streaming an Arrow-backed file.
+BATCH_ROWS = 4096
+
+
 def read_parquet(name: str) -> list[Row]:
     """Rows of a Parquet file; list columns stay lists and struct columns become objects."""
+    return list(iter_parquet(name))
+
+
+def iter_parquet(name: str) -> Iterator[Row]:
+    """:func:`read_parquet`, a record batch at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not Path(name).exists():
         raise DataError(name, None, "file not found")
     try:
-        table = pq.read_table(name)
+        batches = pq.ParquetFile(name).iter_batches(batch_size=BATCH_ROWS)
+        line = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                line += 1
+                yield Record(name, line, without_nulls(row))
     except (pa.ArrowException, OSError) as exc:
         raise DataError(name, None, f"not a readable Parquet file ({exc})") from None
-    rows = table.to_pylist()
-    return [Record(name, i + 1, without_nulls(row)) for i, row in enumerate(rows)]
 
 
 def is_saved_dataset(name: str) -> bool:
@@ -63,7 +76,13 @@ def is_saved_dataset(name: str) -> bool:
 
 
 def read_saved_dataset(name: str) -> list[Row]:
-    """Rows of a saved dataset: a Dataset, or the "train" (or only) split of a DatasetDict.
+    """Rows of a saved dataset: a Dataset, or the "train" (or only) split of a DatasetDict."""
+    return list(iter_saved_dataset(name))
+
+
+def iter_saved_dataset(name: str) -> Iterator[Row]:
+    """:func:`read_saved_dataset`, a batch at a time from the memory-mapped dataset: a Dataset, or the "train"
+    (or only) split of a DatasetDict.
 
     Rows of a split are located in that split's own folder (``<folder>/train``), which is where they live.
     """
@@ -86,7 +105,9 @@ def read_saved_dataset(name: str) -> list[Row]:
         loaded = loaded[split]
         where = str(Path(name) / split)
         logger.info("%s: using split '%s' of %s", name, split, ", ".join(splits))
-    return [Record(where, i + 1, without_nulls(dict(row))) for i, row in enumerate(loaded.to_list())]
+    for start in range(0, len(loaded), BATCH_ROWS):
+        for i, row in enumerate(loaded.select(range(start, min(start + BATCH_ROWS, len(loaded)))).to_list()):
+            yield Record(where, start + i + 1, without_nulls(dict(row)))
 
 
 def _cell(text: str) -> Any:

@@ -36,16 +36,28 @@ class Args(ModelArgs):
             raise ValueError(f"validation_fraction must be within 0..0.5, got {self.validation_fraction}")
 
 
-def conversational(pairs: list[Any]) -> Any:
-    """Pairs in trl's conversational preference format (prompt messages; chosen/rejected assistant turns)."""
+def trl_columns(pairs: list[Any]) -> dict[str, list]:
+    """Pairs as the columns of trl's conversational preference format (prompt messages; chosen/rejected
+    assistant turns)."""
+    rows = [p.as_trl() for p in pairs]
+    return {key: [row[key] for row in rows] for key in ("prompt", "chosen", "rejected")}
+
+
+def conversational(pairs: Any, cache: Any = None) -> Any:
+    """A Dataset of :func:`trl_columns`: from prepared pairs (ArrowItems) a cached map, memory-mapped."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": list(p.prompt), "chosen": [{"role": "assistant", "content": p.chosen}],
-                               "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs])
+    from rlmed.data.prepared import ArrowItems, cached_map
+
+    if cache is not None and isinstance(pairs, ArrowItems):
+        return cached_map(cache, "pairs", pairs, trl_columns, {"columns": "trl-conversational-1"}, None,
+                          desc="preference pairs")
+    return Dataset.from_dict(trl_columns(list(pairs)))
 
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
     from rlmed import training
+    from rlmed.data.prepared import DataCache
     from rlmed.data.sources import bad_row_metrics, load_sources, pair
     from rlmed.models.loading import load_causal_lm, load_tokenizer
     from rlmed.rl.dfpo_trainer import DFPOTrainer
@@ -53,7 +65,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     if "precompute_ref_log_probs" in ctx.trainer:
         raise ValueError("set args.precompute_ref instead of trainer.precompute_ref_log_probs, got "
                          f"trainer.precompute_ref_log_probs={ctx.trainer['precompute_ref_log_probs']!r}")
-    loaded = load_sources(inputs["pairs"], pair, seed=ctx.seed, total=args.num_samples)
+    cache = DataCache.for_run(ctx.run_dir)
+    loaded = load_sources(inputs["pairs"], pair, seed=ctx.seed, total=args.num_samples, cache=cache)
     n_eval = int(len(loaded.items) * args.validation_fraction)
     train_pairs, eval_pairs = loaded.items[n_eval:], loaded.items[:n_eval]
     tokenizer = load_tokenizer(inputs["model"])
@@ -62,8 +75,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     # The config first: under ZeRO-3 the policy (and trl's reference copy) load partitioned.
     model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
     model, parameters = training.with_lora(model, args.lora)
-    trainer = DFPOTrainer(model=model, args=config, train_dataset=conversational(train_pairs),
-                          eval_dataset=conversational(eval_pairs) if eval_pairs else None,
+    trainer = DFPOTrainer(model=model, args=config, train_dataset=conversational(train_pairs, cache),
+                          eval_dataset=conversational(eval_pairs, cache) if eval_pairs else None,
                           processing_class=tokenizer, callbacks=training.callbacks(ctx), nll_weight=args.nll_weight)
     if args.lora is not None and "ref" in trainer.model.peft_config:
         # trl keeps a copy of an adapter it is handed as the reference ("ref") and would save it with the model.

@@ -63,9 +63,15 @@ def _zero3(ctx: StageContext) -> bool:
     return isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3
 
 
+def dialogue_of(row: tuple[list[dict], str]) -> list[dict]:
+    """The dialogue of a (dialogue, task) row."""
+    return row[0]
+
+
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
     from rlmed import dist, training
     from rlmed.data.formats import as_messages
+    from rlmed.data.prepared import Codec, DataCache
     from rlmed.data.sources import bad_row_metrics, load_sources
     from rlmed.models import mole
     from rlmed.models.loading import load_causal_lm, load_tokenizer
@@ -82,18 +88,23 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
         raise ValueError("aux_loss_coef > 0 cannot train under ZeRO-3 with gradient checkpointing (trl makes it "
                          "reentrant for adapters); set trainer.gradient_checkpointing: false or aux_loss_coef: 0, "
                          f"got aux_loss_coef={args.aux_loss_coef}")
-    loaded = load_sources(inputs["data"], task_dialogue, seed=ctx.seed, total=args.num_samples)
+    codec = Codec(f"task_dialogue:{args.task_field}", task_dialogue, encode=list, decode=tuple)
+    cache = DataCache.for_run(ctx.run_dir)
+    loaded = load_sources(inputs["data"], codec, seed=ctx.seed, total=args.num_samples, cache=cache)
     rows = loaded.items
     n_eval = int(len(rows) * args.validation_fraction)
     train_rows, eval_rows = rows[n_eval:], rows[:n_eval]
     tokenizer = load_tokenizer(inputs["model"], chat_template=read_template(args.chat_template))
-    train_set = tokenize_all(tokenizer, [m for m, _ in train_rows], "train")
-    eval_set = tokenize_all(tokenizer, [m for m, _ in eval_rows], "validation") if eval_rows else None
+    train_set = tokenize_all(tokenizer, train_rows, "train", cache, dialogue_of=dialogue_of)
+    eval_set = tokenize_all(tokenizer, eval_rows, "validation", cache, dialogue_of=dialogue_of) if eval_rows else None
     tasks = sorted({t for _, t in rows})
     probe_rows: dict[str, list[tuple[list[int], list[int]]]] = {}
-    for (_, task), ids, assistant in zip(train_rows, train_set["input_ids"], train_set["assistant_masks"]):
-        if len(probe_rows.setdefault(task, [])) < args.routing_rows_per_task:
-            probe_rows[task].append((ids, assistant))
+    for (_, task), row in zip(train_rows, train_set):
+        found = probe_rows.setdefault(task, [])
+        if len(found) < args.routing_rows_per_task:
+            found.append((row["input_ids"], row["assistant_masks"]))
+        if len(probe_rows) == len(tasks) and all(len(f) >= args.routing_rows_per_task for f in probe_rows.values()):
+            break  # enough of every task: no need to read the rest of a large set
 
     config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=eval_set is not None)
     settings = args.settings()

@@ -58,21 +58,30 @@ def source_weights(corpus: list[DataSource], instructions: list[DataSource], siz
     return weights
 
 
+def collate_blocks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Blocks are all max_length long, so no padding and no masking: the labels are the inputs."""
+    import torch
+
+    ids = torch.tensor([row["input_ids"] for row in rows], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
-    from datasets import Dataset
-    from tqdm import tqdm
-    from transformers import Trainer, default_data_collator
+    from transformers import Trainer
 
     from rlmed import training
-    from rlmed.data.packing import pack
+    from rlmed.artifacts import stable_hash
+    from rlmed.data.prepared import ArrowItems, DataCache
     from rlmed.data.sources import bad_row_metrics, load_sources, text
+    from rlmed.data.tokenized import packed_blocks, tokenize_texts, tokenizer_hash
     from rlmed.models.loading import load_causal_lm, load_tokenizer
 
     corpus, instructions = inputs["corpus"], inputs.get("instructions", [])
     if args.instruction_ratio and not instructions:
         raise ValueError(f"args.instruction_ratio is set but inputs.instructions is empty, got "
                          f"instruction_ratio={args.instruction_ratio}")
-    mixed = load_sources(corpus + instructions, text, seed=ctx.seed, total=args.num_documents,
+    cache = DataCache.for_run(ctx.run_dir)
+    mixed = load_sources(corpus + instructions, text, seed=ctx.seed, total=args.num_documents, cache=cache,
                          weights=lambda sizes: source_weights(corpus, instructions, sizes, args.instruction_ratio))
     n_eval = int(len(mixed.items) * args.validation_fraction)
     train_docs, eval_docs = mixed.items[n_eval:], mixed.items[:n_eval]
@@ -80,30 +89,27 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
 
     tokenizer = load_tokenizer(inputs["model"])
 
-    def blocks(docs: list[str], name: str):
-        ids = []
-        for start in tqdm(range(0, len(docs), 1000), desc=f"tokenising {name}", unit="k docs",
-                          disable=len(docs) < 5000):
-            ids += tokenizer(docs[start:start + 1000], add_special_tokens=False)["input_ids"]
-        packed = pack(ids, args.max_length, tokenizer.eos_token_id)
-        if not packed.blocks:
+    def blocks(docs: Any, name: str) -> tuple[Any, Any]:
+        tokens = tokenize_texts(tokenizer, docs, name, cache)
+        key = stable_hash([docs.key, tokenizer_hash(tokenizer)]) if isinstance(docs, ArrowItems) else None
+        dataset, packed = packed_blocks(tokens, args.max_length, tokenizer.eos_token_id, cache, key)
+        if not len(dataset):
             raise ValueError(f"{name} data has {packed.num_tokens} tokens, fewer than one block of "
                              f"max_length={args.max_length}; lower max_length or add data")
-        return packed, Dataset.from_dict({"input_ids": packed.blocks, "labels": packed.blocks})
+        return packed, dataset
 
     train_pack, train_set = blocks(train_docs, "train")
     eval_set = blocks(eval_docs, "validation")[1] if eval_docs else None
     ctx.log.info("pretrain data: %d documents (%d from instructions), %d tokens in %d blocks of %d, "
                  "%d tokens dropped at the tail", len(train_docs), from_instructions, train_pack.num_tokens,
-                 len(train_pack.blocks), args.max_length, train_pack.dropped_tokens)
+                 len(train_set), args.max_length, train_pack.dropped_tokens)
 
     config = training.trainer_config(ctx, "transformers.TrainingArguments", has_eval=eval_set is not None)
     # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
     model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
     model, parameters = training.with_lora(model, args.lora)
-    # Blocks are all max_length long, so no padding and no collator masking: labels are the inputs.
     trainer = Trainer(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
-                      data_collator=default_data_collator, processing_class=tokenizer,
+                      data_collator=collate_blocks, processing_class=tokenizer,
                       callbacks=training.callbacks(ctx))
     metrics = training.train(ctx, trainer)
     training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
@@ -114,7 +120,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
         "eval_documents": len(eval_docs),
         "instruction_share": from_instructions / max(1, len(train_docs)),
         "train_tokens": train_pack.num_tokens,
-        "train_blocks": len(train_pack.blocks),
+        "train_blocks": len(train_set),
         "dropped_tokens": train_pack.dropped_tokens,
         **bad_row_metrics(mixed),
     }

@@ -61,17 +61,27 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from trl import RewardTrainer
 
     from rlmed import dist, training
+    from rlmed.data.prepared import ArrowItems, DataCache, cached_map
     from rlmed.data.sources import bad_row_metrics, load_sources, pair
+    from rlmed.data.tokenized import tokenizer_hash
     from rlmed.models.loading import load_scalar_head_model, load_tokenizer
 
-    loaded = load_sources(inputs["pairs"], pair, seed=ctx.seed, total=args.num_samples)
+    cache = DataCache.for_run(ctx.run_dir)
+    loaded = load_sources(inputs["pairs"], pair, seed=ctx.seed, total=args.num_samples, cache=cache)
     n_eval = int(len(loaded.items) * args.validation_fraction)
     train_pairs, eval_pairs = loaded.items[n_eval:], loaded.items[:n_eval]
     tokenizer = load_tokenizer(inputs["model"])
 
-    def tokenized(pairs: list[Any]) -> Any:
-        return Dataset.from_dict({"chosen_ids": [side_ids(tokenizer, p.prompt, p.chosen) for p in pairs],
-                                  "rejected_ids": [side_ids(tokenizer, p.prompt, p.rejected) for p in pairs]})
+    def columns(pairs: list[Any]) -> dict[str, list[list[int]]]:
+        return {"chosen_ids": [side_ids(tokenizer, p.prompt, p.chosen) for p in pairs],
+                "rejected_ids": [side_ids(tokenizer, p.prompt, p.rejected) for p in pairs]}
+
+    def tokenized(pairs: Any) -> Any:
+        if isinstance(pairs, ArrowItems):  # prepared: a cached map, memory-mapped
+            return cached_map(cache, "tokens", pairs, columns,
+                              {"tokenizer": tokenizer_hash(tokenizer), "columns": "reward-sides-1"}, None,
+                              desc="tokenising pairs")
+        return Dataset.from_dict(columns(list(pairs)))
 
     config = training.trainer_config(ctx, "trl.RewardConfig", has_eval=bool(eval_pairs))
     # The shared loader: a LoRA input (or chain) merges into the backbone and names the model after its folder, so

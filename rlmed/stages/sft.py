@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlmed.data.tokenized import tokenize_all  # re-exported: the sft and mole stages' tokenisation
 from rlmed.models.lora import ModelArgs
 from rlmed.stages.base import Input, StageContext, StageSpec
 
@@ -48,36 +49,6 @@ def read_template(value: str | None) -> str | None:
     return path.read_text(encoding="utf-8")
 
 
-TOKENIZE_CHUNK = 1024  # dialogues per batched tokenizer call
-
-
-def tokenize_all(tokenizer: Any, dialogues: list[list[dict]], name: str) -> Any:
-    """A Dataset of `input_ids`, `assistant_masks` (rlmed.data.chat) and the `labels` SFTTrainer trains on (the
-    ids on assistant tokens, -100 elsewhere), tokenised in batches of dialogues.
-
-    With `labels` given, SFTTrainer skips building them from the mask itself (a pass over the dataset that
-    re-reads and re-writes every row) and only truncates or packs; the labels are the ones it would build.
-    """
-    from datasets import Dataset
-    from tqdm import tqdm
-
-    from rlmed.data.chat import tokenize_dialogues
-
-    input_ids: list[list[int]] = []
-    masks: list[list[int]] = []
-    labels: list[list[int]] = []
-    with tqdm(total=len(dialogues), desc=f"tokenising {name}", unit="dialogue",
-              disable=len(dialogues) < 5000) as bar:
-        for start in range(0, len(dialogues), TOKENIZE_CHUNK):
-            chunk = tokenize_dialogues(tokenizer, dialogues[start:start + TOKENIZE_CHUNK])
-            input_ids += chunk["input_ids"]
-            masks += chunk["assistant_masks"]
-            labels += [[t if m else -100 for t, m in zip(ids, mask)]
-                       for ids, mask in zip(chunk["input_ids"], chunk["assistant_masks"])]
-            bar.update(len(chunk["input_ids"]))
-    return Dataset.from_dict({"input_ids": input_ids, "assistant_masks": masks, "labels": labels})
-
-
 def warn_dense_packing(ctx: StageContext, config: Any, model: Any) -> None:
     """Packed, padding-free batches only pay with varlen attention; say so where sdpa/eager will run them."""
     attention = getattr(model.config, "_attn_implementation", None)
@@ -92,13 +63,15 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from trl import SFTTrainer
 
     from rlmed import training
+    from rlmed.data.prepared import DataCache
     from rlmed.data.sources import bad_row_metrics, dialogue, load_sources
     from rlmed.models.loading import load_causal_lm, load_tokenizer
 
-    loaded = load_sources(inputs["data"], dialogue, seed=ctx.seed, total=args.num_samples)
+    cache = DataCache.for_run(ctx.run_dir)
+    loaded = load_sources(inputs["data"], dialogue, seed=ctx.seed, total=args.num_samples, cache=cache)
     mixed = loaded.items
     if "validation" in inputs:
-        train_rows, eval_rows = mixed, load_sources(inputs["validation"], dialogue, seed=ctx.seed).items
+        train_rows, eval_rows = mixed, load_sources(inputs["validation"], dialogue, seed=ctx.seed, cache=cache).items
     else:
         n_eval = int(len(mixed) * args.validation_fraction)
         train_rows, eval_rows = mixed[n_eval:], mixed[:n_eval]
@@ -106,8 +79,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     tokenizer = load_tokenizer(inputs["model"], chat_template=read_template(args.chat_template))
     if not tokenizer.chat_template:
         raise ValueError(f"the model at {inputs['model']} has no chat template; set args.chat_template")
-    train_set = tokenize_all(tokenizer, train_rows, "train")
-    eval_set = tokenize_all(tokenizer, eval_rows, "validation") if eval_rows else None
+    train_set = tokenize_all(tokenizer, train_rows, "train", cache)
+    eval_set = tokenize_all(tokenizer, eval_rows, "validation", cache) if eval_rows else None
     ctx.log.info("sft data: %d train dialogues, %d validation", len(train_rows), len(eval_rows))
 
     config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=eval_set is not None)

@@ -7,7 +7,8 @@ import sys
 
 import torch
 
-from tests.conftest import ROOT
+from rlmed.data.prepared import DataCache
+from tests.conftest import ROOT, SAMPLE
 from tests.distributed.conftest import (
     ZERO2, ZERO3, ZERO3_OFFLOAD, cpt_stage, launch, launcher_env, losses, manifest, recipe_file, sft_stage, tail,
 )
@@ -53,7 +54,12 @@ def test_zero3_two_ranks_pretrain_then_sft_in_one_launch(tmp_path, tiny_model):
 def test_zero2_then_zero3_offload_then_plain_ddp_sft_in_one_launch(tmp_path, tiny_model):
     """Also the state reset between stages: after ZeRO-3 offload, a stage without DeepSpeed loads and trains
     data-parallel (no weights partitioned by a stale ZeRO-3 config)."""
+    # The third stage reads a changed copy of the data: its rows must be prepared anew, not taken from the cache.
+    changed = tmp_path / "dialogues_changed.jsonl"
+    lines = (SAMPLE / "dialogues.jsonl").read_text(encoding="utf-8").splitlines()
+    changed.write_text("\n".join(lines[1:] + lines[:1]) + "\n", encoding="utf-8")
     plain = sft_stage("$sft_offload.model", "", 4, stage_id="sft_plain")
+    plain["inputs"]["data"] = str(changed)
     del plain["trainer"]["deepspeed"]
     stages = [sft_stage(str(tiny_model), ZERO2, 4, stage_id="sft_zero2"),
               sft_stage("$sft_zero2.model", ZERO3_OFFLOAD, 4, stage_id="sft_offload"), plain]
@@ -67,3 +73,18 @@ def test_zero2_then_zero3_offload_then_plain_ddp_sft_in_one_launch(tmp_path, tin
     for stage in ("sft_zero2", "sft_offload", "sft_plain"):
         metrics = manifest(tmp_path / "zero2_offload" / stage)["metrics"]
         assert abs(metrics["epoch"] - 32 / metrics["train_dialogues"]) < 0.02, (stage, metrics["epoch"])
+
+    # Data prepared once per node: for each cache entry, one rank prepared it and the other waited and reused it
+    # (from the cache's own records); the next stages reuse it on both ranks; the changed file got new entries.
+    events = DataCache(tmp_path / "zero2_offload" / ".rlmed" / "data").events()
+    by_entry: dict[str, list[tuple[str, int]]] = {}
+    for event in events:
+        by_entry.setdefault(event["entry"], []).append((event["action"], event["rank"]))
+    rows = [name for name in by_entry if name.startswith("rows-")]
+    assert len(rows) == 2, by_entry  # the sample file, and its changed copy
+    for name, uses in by_entry.items():
+        prepared = [rank for action, rank in uses if action == "prepared"]
+        assert len(prepared) == 1, (name, uses)
+        assert {rank for _, rank in uses} == {0, 1}, (name, uses)
+    first_rows = min(rows, key=lambda name: next(i for i, e in enumerate(events) if e["entry"] == name))
+    assert [a for a, _ in by_entry[first_rows]].count("reused") == 3  # the other rank, then both ranks of stage 2

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from rlmed.data.prepared import DataCache
 from tests.conftest import ROOT, read_metrics, write_recipe
 from tests.stages.conftest import run_recipe, sample
 
@@ -56,7 +57,9 @@ def test_second_run_skips_both_and_a_changed_arg_reruns_only_what_depends_on_it(
 
 
 KILLED_STAGES = {
-    "pretrain": {"inputs": {"corpus": sample("corpus.jsonl")}, "args": {"max_length": 64, "num_documents": 200}},
+    # A corpus of two files, tokenised by two worker processes (RLMED_DATA_NUM_PROC below): Arrow shards.
+    "pretrain": {"inputs": {"corpus": [sample("corpus.jsonl"), sample("instructions.jsonl")]},
+                 "args": {"max_length": 64, "num_documents": 200}},
     "sft": {"inputs": {"data": sample("dialogues.jsonl")}, "args": {"num_samples": 96},
             "trainer": {"max_length": 256}},
 }
@@ -75,7 +78,7 @@ def killable_stage(model: Path, kind: str, kill: bool) -> dict:
 
 
 def run_in_subprocess(recipe: Path, armed: bool) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLMED_DATA_NUM_PROC": "2"}
     if armed:
         env["RLMED_TEST_KILL"] = "1"
     return subprocess.run([sys.executable, str(ROOT / "rlmed" / "run.py"), str(recipe)], env=env,
@@ -101,6 +104,13 @@ def test_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, tiny_mo
     assert "checkpoint-4 (step 4)" in resumed.stderr
     manifest = json.loads((stage_dir / "manifest.json").read_text())
     assert manifest["resumed"] is True and manifest["metrics"]["resumed_from_step"] == 4
+    # The resumed run took its data from the cache the killed one prepared (its records, not timing).
+    events = DataCache(tmp_path / "run" / ".rlmed" / "data").events()
+    first_pid = events[0]["pid"]
+    assert {e["action"] for e in events if e["pid"] == first_pid} == {"prepared"}
+    assert {e["action"] for e in events if e["pid"] != first_pid} == {"reused"}
+    tokens = [e["entry"] for e in events if e["entry"].startswith("tokens-")][0]
+    assert len(json.loads((tmp_path / "run" / ".rlmed" / "data" / tokens / "record.json").read_text())["files"]) == 2
 
     # The uninterrupted run, in this process (no kill callback: same seed, data and settings otherwise).
     straight = tmp_path / "straight"

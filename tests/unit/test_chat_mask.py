@@ -96,7 +96,7 @@ OTHER_TEMPLATE = (  # no default system turn, a blank line after each turn, a ge
 def test_batched_tokenisation_equals_the_per_dialogue_one(tiny_tokenizer, template, monkeypatch):
     """tokenize_dialogues / tokenize_all (batched renders, one tokenizer call per chunk) give exactly the ids and
     masks of tokenize_dialogue, one dialogue at a time; tokenize_all's labels are the ids under the mask."""
-    from rlmed.stages import sft
+    from rlmed.data import tokenized as sft
 
     if template == "other":
         tiny_tokenizer = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)

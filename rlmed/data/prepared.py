@@ -1,0 +1,254 @@
+"""Data prepared once on Arrow and memory-mapped by every rank, so memory does not grow with the dataset.
+
+A stage's sources are read as streams (rlmed.data.records.iter_records), converted row by row and written to
+Arrow files in a cache folder, one per source; mixing selects rows of them by index (rlmed.data.mixing.plan_mix,
+so the order is the in-memory path's), and tokenisation is a `datasets` map with worker processes whose output
+is cached the same way. Every rank then memory-maps the same files: the pages are the OS's, shared, and
+dropped under pressure, where Python lists were copied into every rank.
+
+Each cache entry is named by a hash of what it is made from: the input's content hash, the source's settings
+(columns, format, on_bad_rows), the converter, and for tokenised data the tokenizer and its settings. So a
+re-run or resumed stage, or another rank, reuses it, and a changed file or setting makes a new one. An entry is
+built in a private temporary folder and published by renaming it into place, with its record written last: a
+crash leaves no entry, and two nodes sharing a filesystem can both build one, the first rename wins and the
+other is discarded. A file lock makes the ranks of a node wait for the one building it instead of repeating
+the work. `events.jsonl` in the cache folder says which process built each entry and which reused it.
+
+The cache holds patient text, so it lives in the run folder (`<run_dir>/.rlmed/data`, closed to other users)
+unless RLMED_DATA_CACHE names another place (e.g. a node-local disk); deleting it only costs a re-preparation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from rlmed.artifacts import HashCache, atomic_write_json, stable_hash
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+__all__ = ["ArrowItems", "Codec", "DataCache", "cached_map", "default_num_proc"]
+
+# Bump when the layout of entries or the meaning of a converter changes: old entries are then never read.
+CACHE_VERSION = 1
+RECORD = "record.json"
+EVENTS = "events.jsonl"
+WRITE_BATCH = 1000  # rows per Arrow record batch written
+# Below this many rows a map runs in this process: starting workers costs more than it saves.
+MIN_ROWS_PER_WORKER = 5000
+
+
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    """A converter (record -> item) with the JSON form its items take in the cache. `name` goes into cache keys:
+    it must change whenever `convert` would give different items for the same rows."""
+
+    name: str
+    convert: Callable[[Any, str | None], T]
+    encode: Callable[[T], Any]
+    decode: Callable[[Any], T]
+
+    def __call__(self, record: Any, fmt: str | None) -> T:
+        return self.convert(record, fmt)
+
+
+def default_num_proc(rows: int) -> int:
+    """Worker processes for a map over `rows` rows: RLMED_DATA_NUM_PROC, else the CPUs this process may use,
+    at most one per MIN_ROWS_PER_WORKER rows."""
+    configured = os.environ.get("RLMED_DATA_NUM_PROC")
+    if configured:
+        try:
+            return max(1, int(configured))
+        except ValueError:
+            raise ValueError(f"RLMED_DATA_NUM_PROC must be a whole number of processes, got {configured!r}") from None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, rows // MIN_ROWS_PER_WORKER))
+
+
+class DataCache:
+    """A folder of prepared-data entries (see the module docstring)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.hashes = HashCache(self.root / "hash_cache.json")
+
+    @classmethod
+    def for_run(cls, run_dir: Path) -> "DataCache":
+        configured = os.environ.get("RLMED_DATA_CACHE")
+        return cls(Path(configured) if configured else Path(run_dir) / ".rlmed" / "data")
+
+    def content_hash(self, path: str) -> str:
+        found = self.hashes.path_hash(Path(path))
+        self.hashes.save()
+        return found
+
+    def entry(self, kind: str, parts: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict]:
+        """The published folder of the entry made from `parts`, built by `build(folder)` (which writes its files
+        there and returns what the record should say) when no process has built it yet; and its record."""
+        from filelock import FileLock
+
+        name = f"{kind}-{stable_hash({'version': CACHE_VERSION, **parts})[:32]}"
+        final = self.root / name
+        found = self._read_record(final)
+        if found is None:
+            (self.root / "locks").mkdir(mode=0o700, exist_ok=True)
+            with FileLock(str(self.root / "locks" / f"{name}.lock")):
+                found = self._read_record(final)  # built by another rank while this one waited
+                if found is None:
+                    return final, self._build(name, final, parts, build)
+        self._event(name, "reused")
+        return final, found
+
+    def _build(self, name: str, final: Path, parts: dict[str, Any], build: Callable[[Path], dict]) -> dict:
+        from rlmed import dist
+
+        work = self.root / f".{name}.{socket.gethostname()}.{os.getpid()}.tmp"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(mode=0o700)
+        started = time.monotonic()
+        try:
+            record = dict(build(work))
+            record.update(entry=name, parts=parts, seconds=round(time.monotonic() - started, 3),
+                          built_by={"host": socket.gethostname(), "pid": os.getpid(), "rank": dist.rank(),
+                                    "local_rank": dist.local_rank()})
+            atomic_write_json(work / RECORD, record, private=True)  # last: its presence marks a whole entry
+            try:
+                os.rename(work, final)
+            except OSError:  # published meanwhile by a process this lock does not reach (another node)
+                existing = self._read_record(final)
+                if existing is None:
+                    raise
+                shutil.rmtree(work, ignore_errors=True)
+                self._event(name, "reused")
+                return existing
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        self._event(name, "prepared", seconds=record["seconds"])
+        return record
+
+    @staticmethod
+    def _read_record(folder: Path) -> dict | None:
+        try:
+            return json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def _event(self, name: str, action: str, **extra: Any) -> None:
+        """One line per use of an entry, appended in one write (O_APPEND keeps concurrent lines whole)."""
+        from rlmed import dist
+
+        line = json.dumps({"entry": name, "action": action, "rank": dist.rank(), "local_rank": dist.local_rank(),
+                           "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), **extra})
+        fd = os.open(self.root / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
+
+    def events(self) -> list[dict[str, Any]]:
+        path = self.root / EVENTS
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_items(path: Path, items: Iterator[Any], encode: Callable[[Any], Any]) -> int:
+    """Write items as one JSON text column `item` of an Arrow stream file, a batch at a time; the row count."""
+    import pyarrow as pa
+
+    schema = pa.schema([("item", pa.large_string())])
+    count = 0
+    batch: list[str] = []
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for item in items:
+            batch.append(json.dumps(encode(item), ensure_ascii=False))
+            if len(batch) >= WRITE_BATCH:
+                writer.write_batch(pa.record_batch([pa.array(batch, pa.large_string())], schema=schema))
+                count += len(batch)
+                batch = []
+        if batch:
+            writer.write_batch(pa.record_batch([pa.array(batch, pa.large_string())], schema=schema))
+            count += len(batch)
+    return count
+
+
+def open_files(folder: Path, names: Sequence[str]) -> Any:
+    """The memory-mapped Dataset of an entry's Arrow files, in order."""
+    from datasets import Dataset, concatenate_datasets
+
+    parts = [Dataset.from_file(str(folder / name)) for name in names]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+class ArrowItems(Sequence, Generic[T]):
+    """A read-only sequence of items held in an Arrow dataset's `item` column (JSON, decoded on access), so
+    stage code written for lists keeps working; `key` names its content for caches built from it."""
+
+    def __init__(self, dataset: Any, decode: Callable[[Any], T], key: str):
+        self.dataset = dataset
+        self.decode = decode
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            rows = range(len(self))[index]
+            return ArrowItems(self.dataset.select(rows), self.decode,
+                              stable_hash([self.key, rows.start, rows.stop, rows.step]))
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.decode(json.loads(self.dataset[index]["item"]))
+
+    def __iter__(self) -> Iterator[T]:
+        for batch in self.dataset.iter(batch_size=WRITE_BATCH):
+            for text in batch["item"]:
+                yield self.decode(json.loads(text))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+
+def cached_map(cache: DataCache, kind: str, items: ArrowItems, function: Callable[[list[Any]], dict[str, list]],
+               parts: dict[str, Any], features: Any, desc: str) -> Any:
+    """`function` (decoded items of a batch -> columns) over `items`, through `datasets.map` with worker
+    processes, cached as an entry keyed by the items' key and `parts` (the function's settings, e.g. the
+    tokenizer's hash); a memory-mapped Dataset with the columns `features` declares."""
+    n = len(items)
+
+    def build(folder: Path) -> dict[str, Any]:
+        decode = items.decode
+
+        def batch(rows: dict[str, list]) -> dict[str, list]:
+            return function([decode(json.loads(text)) for text in rows["item"]])
+
+        num_proc = default_num_proc(n)
+        mapped = items.dataset.map(batch, batched=True, batch_size=WRITE_BATCH, remove_columns=["item"],
+                                   features=features, num_proc=num_proc if num_proc > 1 else None,
+                                   cache_file_name=str(folder / "data.arrow"), load_from_cache_file=False,
+                                   new_fingerprint=stable_hash([items.key, parts])[:32], desc=desc)
+        files = [Path(f["filename"]).name for f in mapped.cache_files]
+        if not files:  # datasets kept it in memory (0 rows): write it out so the entry is a file like the rest
+            mapped.to_parquet(str(folder / "data.parquet"))
+        return {"files": files, "rows": len(mapped), "num_proc": num_proc}
+
+    folder, record = cache.entry(kind, {"items": items.key, **parts}, build)
+    if not record["files"]:
+        from datasets import Dataset
+
+        return Dataset.from_parquet(str(folder / "data.parquet"), keep_in_memory=True)
+    return open_files(folder, record["files"])
