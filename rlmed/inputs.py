@@ -26,8 +26,9 @@ REF_PATTERN = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_]*
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 FILE_SUFFIXES = {".jsonl", ".json", ".txt", ".csv", ".tsv", ".parquet", ".arrow", ".yaml", ".yml",
                  ".safetensors", ".bin", ".pt", ".jinja", ".md"}
-DATA_SOURCE_KEYS = ("path", "weight", "format", "columns", "on_bad_rows")
+DATA_SOURCE_KEYS = ("path", "weight", "format", "columns", "on_bad_rows", "text_unit")
 ON_BAD_ROWS = ("fail", "skip")
+TEXT_UNITS = ("line", "paragraph")
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,14 @@ def _data_sources(value: Any, declared: Input, where: str, recipe_path: Path, ea
         if on_bad_rows not in ON_BAD_ROWS:
             problems.append(f"{here}.on_bad_rows: expected one of {', '.join(ON_BAD_ROWS)}, got {on_bad_rows!r}")
             continue
+        text_unit = spec.get("text_unit", "line")
+        if text_unit not in TEXT_UNITS:
+            problems.append(f"{here}.text_unit: expected line (one document per line of a .txt file) or paragraph "
+                            f"(documents separated by blank lines), got {text_unit!r}")
+            continue
         if columns is False:
             continue
-        extra = {"columns": columns, "on_bad_rows": on_bad_rows}
+        extra = {"columns": columns, "on_bad_rows": on_bad_rows, "text_unit": text_unit}
         if not isinstance(path, str) or not path.strip():
             problems.append(f"{here}: expected a data file path, a Hub dataset id or $stage.output")
             continue

@@ -3,7 +3,7 @@
 A top-level `wandb:` block in a recipe makes each stage one W&B run: group = the recipe run's name, job_type =
 the stage kind, name = the stage id, config = the stage's resolved config (secrets redacted), every metrics.jsonl
 record logged at its step, and the stage's final metrics as the run summary. Only the main rank logs.
-WANDB_MODE=offline works with no network (runs land in run_dir/wandb/).
+WANDB_MODE=offline works with no network (runs land in run_dir/wandb/, or in $WANDB_DIR/wandb/ when set).
 
 Patient text: tables carry it (PPO's sampled prompts, answers and doctors' references; the evaluation report's
 tables), and W&B is a hosted service. So every string sent to W&B (table cells, logged values, the summary) is
@@ -165,7 +165,8 @@ class StageRun:
         self.run = wandb.init(
             project=settings.project, entity=settings.entity, tags=settings.tags or None,
             group=settings.group or recipe_name, job_type=kind, name=stage_id, config=redact(config),
-            dir=str(run_dir), mode=settings.mode, reinit="create_new",
+            # The user's WANDB_DIR wins (W&B reads it when no dir is given); else the run folder, beside its stages.
+            dir=None if os.environ.get("WANDB_DIR") else str(run_dir), mode=settings.mode, reinit="create_new",
         )
         mode = str(self.run.settings.mode)
         if self.text_tables == "raw" and mode not in (*LOCAL_MODES, "dryrun"):  # whatever overrode the recipe

@@ -255,8 +255,8 @@ def as_text(record: Record, fmt: str | None = None) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] != "system")
 
 
-def _load(path: str | Path, convert, what: str) -> list:
-    records = read_records(path)
+def _load(path: str | Path, convert, what: str, text_unit: str = "line") -> list:
+    records = read_records(path, text_unit)
     out = []
     for record in tqdm(records, desc=f"checking {Path(str(path)).name}", unit="row",
                        disable=progress_disabled(len(records))):
@@ -272,7 +272,8 @@ def load_messages(
     return _load(path, lambda r: as_messages(r, fmt, require_final_assistant), "dialogues")
 
 
-def load_texts(path: str | Path, fmt: str | None = None) -> list[str]:
-    """Read a file of rows (any format) into pretraining texts; the first bad row raises."""
-    return _load(path, lambda r: as_text(r, fmt), "texts")
+def load_texts(path: str | Path, fmt: str | None = None, text_unit: str = "line") -> list[str]:
+    """Read a file of rows (any format) into pretraining texts; the first bad row raises. A .txt file gives one
+    text per line, or per blank-line-separated paragraph with text_unit="paragraph"."""
+    return _load(path, lambda r: as_text(r, fmt), "texts", text_unit)
 

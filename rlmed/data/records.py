@@ -106,31 +106,32 @@ def progress_disabled(n: int | None) -> bool | None:
     return None
 
 
-def read_records(path: str | Path) -> list[Record]:
+def read_records(path: str | Path, text_unit: str = "line") -> list[Record]:
     """Read a data file (or a ``datasets`` save_to_disk folder) into Records; the first bad row raises.
 
-    Files: ``.jsonl``, ``.json`` (top-level array), ``.txt`` (paragraphs), ``.parquet``, ``.csv``/``.tsv``
+    Files: ``.jsonl``, ``.json`` (top-level array), ``.txt`` (one document per line, or per paragraph with
+    ``text_unit="paragraph"``), ``.parquet``, ``.csv``/``.tsv``
     (header first). Accepts a UTF-8 BOM and CRLF line endings. Raises DataError for a missing file, unknown
     extension, undecodable bytes, bad JSON, non-object rows, or a file with no rows at all.
     """
-    rows = scan_records(path)
+    rows = scan_records(path, text_unit)
     for row in rows:
         if isinstance(row, DataError):
             raise row
     return rows  # type: ignore[return-value]  # no DataError left in it
 
 
-def scan_records(path: str | Path) -> list[Row]:
+def scan_records(path: str | Path, text_unit: str = "line") -> list[Row]:
     """Like :func:`read_records`, but a bad row comes back in place as its DataError instead of raising.
 
     Only problems of one row are returned this way (an invalid .jsonl line, a non-object item, a CSV row with
     the wrong number of cells); a file that cannot be read at all (not found, unknown extension, broken .json
     array, not UTF-8, no rows) still raises, since no row of it can be trusted.
     """
-    return list(iter_records(path))
+    return list(iter_records(path, text_unit=text_unit))
 
 
-def iter_records(path: str | Path, progress: bool = True) -> Iterator[Row]:
+def iter_records(path: str | Path, progress: bool = True, text_unit: str = "line") -> Iterator[Row]:
     """:func:`scan_records` one row at a time. JSON Lines, text and Parquet files and saved datasets are
     streamed, so memory does not grow with the file (rlmed.data.prepared writes the rows to Arrow as they
     come); a .json array or a CSV/TSV file is read whole first, as its structure needs. The file-level errors
@@ -152,7 +153,7 @@ def iter_records(path: str | Path, progress: bool = True) -> Iterator[Row]:
             rows = tables.iter_parquet(name)
         elif ext in (".jsonl", ".txt"):
             lines = _iter_lines(name, progress)
-            rows = _read_jsonl(name, lines) if ext == ".jsonl" else _read_txt(name, lines)
+            rows = _read_jsonl(name, lines) if ext == ".jsonl" else _read_txt(name, lines, text_unit)
         else:
             text = _decode(name, _read_bytes(name))
             if ext == ".json":
@@ -297,17 +298,29 @@ def _structure_error(name: str, text: str, pos: int, what: str) -> DataError:
     return DataError(name, line, f"invalid JSON: {what} at column {column}")
 
 
-def _read_txt(name: str, lines: Iterable[tuple[int, str]]) -> Iterator[Row]:
-    """Split plain text into paragraphs; each becomes a ``{"text": ...}`` row."""
+def _read_txt(name: str, lines: Iterable[tuple[int, str]], text_unit: str = "line") -> Iterator[Row]:
+    """Plain text as ``{"text": ...}`` rows at their first line: one per non-blank line (``text_unit="line"``),
+    or one per paragraph, paragraphs being separated by blank lines (``"paragraph"``)."""
+    if text_unit == "line":
+        for number, line in lines:
+            if line.strip():
+                yield Record(name, number, {"text": line})
+        return
     paragraph: list[str] = []
     start = 0
+    blank_seen = False
     for number, line in lines:
         if line.strip():
             if not paragraph:
                 start = number
             paragraph.append(line)
         elif paragraph:
+            blank_seen = True
             yield Record(name, start, {"text": "\n".join(paragraph)})
             paragraph = []
     if paragraph:
+        if not blank_seen and len(paragraph) > 1:
+            # A one-document-per-line file read by paragraphs would become a single giant document.
+            logger.warning("%s: no blank line in its %d lines, so text_unit: paragraph reads it as one document; "
+                           "set text_unit: line if each line is a document", name, len(paragraph))
         yield Record(name, start, {"text": "\n".join(paragraph)})

@@ -54,6 +54,9 @@ class DataSource:
     # Left out of the hash (a dict cannot be hashed) but not of equality; the runner hashes asdict(), not this.
     columns: dict[str, str] | None = field(default=None, hash=False)
     on_bad_rows: Literal["fail", "skip"] = "fail"
+    # How a .txt file splits into documents: one per line (as datasets' text loader, MedicalGPT and LLaMA-Factory
+    # read them) or one per blank-line-separated paragraph. Other formats ignore it.
+    text_unit: Literal["line", "paragraph"] = "line"
 
 
 @dataclass
@@ -83,7 +86,7 @@ def _hub_rows(source: DataSource) -> Iterator[Row]:
 
 def iter_source(source: DataSource) -> Iterator[Row]:
     """Rows of one source as a stream, columns renamed; a row that could not be read is its DataError."""
-    rows = iter_records(source.path) if source.is_local else _hub_rows(source)
+    rows = iter_records(source.path, text_unit=source.text_unit) if source.is_local else _hub_rows(source)
     return rename_rows(rows, source.columns)
 
 
@@ -202,7 +205,7 @@ def _prepared_source(cache: DataCache, source: DataSource, codec: Codec[Any]) ->
     content = cache.content_hash(source.path) if source.is_local else f"hub:{source.path}"
     # The path too: rows remember it (in bad-row messages, and a converter may read it, e.g. mole's task name).
     parts = {"path": source.path, "content": content, "columns": source.columns, "format": source.format,
-             "on_bad_rows": source.on_bad_rows, "converter": codec.name}
+             "on_bad_rows": source.on_bad_rows, "text_unit": source.text_unit, "converter": codec.name}
 
     def build(folder: Path) -> dict[str, Any]:
         out: SourceRows[Any] = SourceRows(items=[])

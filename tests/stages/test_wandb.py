@@ -67,3 +67,15 @@ def test_ppo_rollouts_and_samples_table_reach_wandb(tmp_path, tiny_model, monkey
     for record in read_metrics(tmp_path / "run" / "ppo"):
         if "reward_mean" in record:
             assert history[record["step"]]["reward_mean"] == record["reward_mean"]
+
+
+def test_wandb_dir_from_the_environment_is_where_runs_land(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    stages = [{"id": "cpt", "kind": "pretrain", "inputs": {"model": str(tiny_model), "corpus": sample("corpus.jsonl")},
+               "args": {"max_length": 64, "num_documents": 50}, "trainer": {"max_steps": 1}}]
+    assert run_recipe(tmp_path, stages, wandb={"project": "rlmed-test"}) == 0
+    (run_file,) = (tmp_path / "elsewhere" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert summarise(run_file)["name"] == "cpt"
+    assert not (tmp_path / "run" / "wandb").exists()

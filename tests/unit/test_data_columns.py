@@ -111,6 +111,14 @@ def test_a_bad_on_bad_rows_value_is_one_problem(tmp_path):
     assert "inputs.data[0].on_bad_rows: expected one of fail, skip, got 'ignore'" in line
 
 
+def test_text_unit_is_checked_and_reaches_the_source(tmp_path):
+    line = one_problem(tmp_path, {"path": "qa.jsonl", "text_unit": "sentence"})
+    assert "inputs.data[0].text_unit: expected line (one document per line of a .txt file) or paragraph" in line
+    assert "got 'sentence'" in line
+    path = recipe_with_source(tmp_path, {"path": "qa.jsonl", "text_unit": "paragraph"})
+    assert load_recipe(path).stage("sft").inputs["data"][0].text_unit == "paragraph"
+
+
 def test_an_unknown_data_source_key_lists_the_accepted_ones(tmp_path):
     line = one_problem(tmp_path, {"path": "qa.jsonl", "colums": {}})
-    assert "unknown key(s) colums (a data source takes: path, weight, format, columns, on_bad_rows)" in line
+    assert "unknown key(s) colums (a data source takes: path, weight, format, columns, on_bad_rows, text_unit)" in line

@@ -139,10 +139,11 @@ def test_as_text_returns_text_rows_and_rejects_empty_text():
         as_text(rec({"text": "  "}))
 
 
-def test_load_texts_reads_txt_paragraphs(tmp_path):
+def test_load_texts_reads_txt_lines_or_paragraphs(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("one\n\ntwo\nlines\n")
-    assert load_texts(path) == ["one", "two\nlines"]
+    assert load_texts(path) == ["one", "two", "lines"]
+    assert load_texts(path, text_unit="paragraph") == ["one", "two\nlines"]
 
 
 @pytest.mark.parametrize("row,expected", [

@@ -84,11 +84,26 @@ def test_json_top_level_object_is_rejected_naming_the_file(tmp_path):
 
 def test_txt_paragraphs_become_text_rows_at_their_first_line(tmp_path):
     path = write(tmp_path / "d.txt", b"first para\nstill first\r\n\r\n\nsecond\n\n")
-    records = read_records(path)
+    records = read_records(path, text_unit="paragraph")
     assert [(r.line, r.row) for r in records] == [
         (1, {"text": "first para\nstill first"}),
         (5, {"text": "second"}),
     ]
+
+
+def test_txt_lines_are_documents_by_default_as_in_datasets_and_medicalgpt(tmp_path):
+    path = write(tmp_path / "d.txt", b"first doc\r\nsecond doc\n\n  \nthird doc\n")
+    assert [(r.line, r.row) for r in read_records(path)] == [
+        (1, {"text": "first doc"}), (2, {"text": "second doc"}), (5, {"text": "third doc"})]
+
+
+def test_a_file_without_blank_lines_read_by_paragraph_says_it_became_one_document(tmp_path, caplog):
+    path = write(tmp_path / "medicalgpt.txt", "".join(f"第{i}段很长的文本。" * 20 + "\n" for i in range(30)).encode())
+    with caplog.at_level("WARNING"):
+        records = read_records(path, text_unit="paragraph")
+    assert len(records) == 1
+    assert "no blank line in its 30 lines" in caplog.text and "text_unit: line" in caplog.text
+    assert len(read_records(path)) == 30  # the default reads it as it is meant
 
 
 def test_unsupported_extension_is_rejected(tmp_path):

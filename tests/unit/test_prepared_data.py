@@ -185,3 +185,15 @@ def test_pretraining_blocks_through_the_cache_equal_the_list_path(tmp_path, tiny
     docs = [ids + [eos] for ids in tiny_tokenizer(list(listed), add_special_tokens=False)["input_ids"]]
     stream = [t for doc in docs for t in doc]
     assert [t for block in got["input_ids"] for t in block] == stream[:len(got) * 48]
+
+
+def test_text_unit_splits_a_txt_corpus_and_keys_the_cache(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("第一段第一行\n第一段第二行\n\n第二段\n", encoding="utf-8")
+    cache = DataCache(tmp_path / "cache")
+    lines = load_sources([DataSource(path=str(corpus))], text, seed=1, keep_order=True, cache=cache).items
+    paragraphs = load_sources([DataSource(path=str(corpus), text_unit="paragraph")], text, seed=1,
+                              keep_order=True, cache=cache).items
+    assert list(lines) == ["第一段第一行", "第一段第二行", "第二段"]
+    assert list(paragraphs) == ["第一段第一行\n第一段第二行", "第二段"]
+    assert actions(cache) == [("rows", "prepared"), ("rows", "prepared")]
