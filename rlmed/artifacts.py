@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import tempfile
 from importlib import metadata
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STARTED = "started.json"
+RUNNING = "running.json"  # while a stage runs: who runs it (host, pid), so `rlmed status` can tell live from dead
+FAILED = "failed.json"  # after a stage failed: the error, until the stage runs again
 METRICS = "metrics.jsonl"
 TRACKED_PACKAGES = (
     "rlmed", "torch", "transformers", "trl", "peft", "deepspeed", "accelerate", "datasets", "tokenizers",
@@ -263,3 +266,17 @@ def git_revision(path: Path) -> dict[str, Any] | None:
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return None
+
+
+def last_complete_checkpoint(root: Path) -> Path | None:
+    """The newest `checkpoint-N` folder under `root` that holds a complete trainer state (trainer_state.json is
+    written last by the Trainer's save), or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = []
+    for path in root.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and (path / "trainer_state.json").exists():
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None

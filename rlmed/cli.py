@@ -164,6 +164,29 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def status_command(args: argparse.Namespace) -> int:
+    from rlmed.status import format_status, run_status
+
+    target: Path = args.target
+    if target.is_file():  # a recipe: its stages in order, with their kinds
+        from rlmed.recipe import RecipeError, load_recipe
+
+        try:
+            recipe = load_recipe(target, run_dir=args.run_dir)
+        except RecipeError as exc:
+            print(f"rlmed status: the recipe has {len(exc.problems)} problem(s):", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 2
+        print(format_status(recipe.run_dir, run_status(recipe.run_dir, [(s.id, s.kind) for s in recipe.stages])))
+        return 0
+    if not target.is_dir():
+        print(f"rlmed status: {target} is neither a run folder nor a recipe file", file=sys.stderr)
+        return 2
+    print(format_status(target, run_status(target)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="rlmed", description=__doc__.splitlines()[0])
@@ -179,8 +202,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="first recompute the text/choice/hit-rate metrics in results.json from the saved "
                              "generations/*.jsonl (no generation; reward, pairwise and contamination are kept)")
     report.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    status = sub.add_parser("status", help="which stages of a run are done, running, failed or interrupted")
+    status.add_argument("target", type=Path, metavar="RUN_DIR|RECIPE",
+                        help="a run folder, or a recipe (its run_dir, its stages in order, unrun ones listed too)")
+    status.add_argument("--run-dir", type=Path, help="with a recipe: the run folder, if not the recipe's run_dir")
+    status.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    runs = sub.add_parser("runs", help="the run folders under a folder (default ./runs) and their stages' states")
+    runs.add_argument("root", type=Path, nargs="?", default=Path("runs"), help="where to look (default: runs)")
+    runs.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if args.command == "status":
+        return status_command(args)
+    if args.command == "runs":
+        from rlmed.status import find_runs, format_runs
+
+        print(format_runs(find_runs(args.root)))
+        return 0
     if args.command == "run":
         return run_command(args)
     if args.command == "export":

@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,7 +26,7 @@ from typing import Any
 
 from rlmed import __version__, dist
 from rlmed.artifacts import (
-    MANIFEST, STARTED, HashCache, atomic_write_json, git_revision, manifest_hash, package_versions,
+    FAILED, MANIFEST, RUNNING, STARTED, HashCache, atomic_write_json, git_revision, manifest_hash, package_versions,
     read_manifest, stable_hash,
 )
 from rlmed.data.sources import DataSource
@@ -231,6 +233,10 @@ class Runner:
             trainer_defaults=stage.spec.default_trainer(), callbacks=stage.callbacks,
             reward=self._resolve_component(stage.reward), outputs=planned.outputs, resume=resume,
         )
+        if dist.is_main():
+            (stage_dir / FAILED).unlink(missing_ok=True)
+            atomic_write_json(stage_dir / RUNNING, {"host": socket.gethostname(), "pid": os.getpid(),
+                                                    "started_at": datetime.now(timezone.utc).isoformat()})
         log_name = "stage.log" if dist.world_size() == 1 else f"stage.rank{dist.rank()}.log"
         handler = logging.FileHandler(stage_dir / log_name, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -250,7 +256,12 @@ class Runner:
             if tracker is not None:
                 tracker.finish(None, failed=True)
             where = f" on rank {dist.rank()}" if dist.world_size() > 1 else ""
-            raise RunError(f"stage '{stage.id}' ({stage.kind}) failed{where}: {type(exc).__name__}: {exc}") from exc
+            error = RunError(f"stage '{stage.id}' ({stage.kind}) failed{where}: {type(exc).__name__}: {exc}")
+            if dist.is_main():
+                atomic_write_json(stage_dir / FAILED, {"error": redact(str(error)),
+                                                       "at": datetime.now(timezone.utc).isoformat()})
+                (stage_dir / RUNNING).unlink(missing_ok=True)
+            raise error from exc
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
@@ -261,7 +272,11 @@ class Runner:
         missing = [f"{name} ({path})" for name, path in planned.outputs.items()
                    if not path.exists() and name not in stage.spec.optional_outputs]
         if missing:
-            raise RunError(f"stage '{stage.id}' ({stage.kind}) finished without writing its output {', '.join(missing)}")
+            error = RunError(f"stage '{stage.id}' ({stage.kind}) finished without writing its output "
+                             f"{', '.join(missing)}")
+            atomic_write_json(stage_dir / FAILED, {"error": str(error), "at": datetime.now(timezone.utc).isoformat()})
+            (stage_dir / RUNNING).unlink(missing_ok=True)
+            raise error
         duration = time.monotonic() - t0
         manifest = {
             "id": stage.id,
@@ -285,6 +300,7 @@ class Runner:
             "duration_s": round(duration, 3),
         }
         atomic_write_json(stage_dir / MANIFEST, manifest)
+        (stage_dir / RUNNING).unlink(missing_ok=True)
         self.hashes.save()
         if tracker is not None:
             tracker.finish({**metrics, "duration_s": manifest["duration_s"]})

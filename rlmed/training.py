@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 from rlmed import dist
+from rlmed.artifacts import last_complete_checkpoint
 from rlmed.components import build_component, import_object
 from rlmed.stages.base import StageContext
 
@@ -135,15 +135,8 @@ def callbacks(ctx: StageContext) -> list[Any]:
 
 def last_checkpoint(ctx: StageContext) -> str | None:
     """The newest `checkpoint-N` of this stage that holds a complete trainer state."""
-    root = ctx.stage_dir / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    found = []
-    for path in root.iterdir():
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and (path / "trainer_state.json").exists():  # written last by the Trainer's save
-            found.append((int(match.group(1)), path))
-    return str(max(found)[1]) if found else None
+    found = last_complete_checkpoint(ctx.stage_dir / CHECKPOINTS)
+    return str(found) if found else None
 
 
 def train(ctx: StageContext, trainer: Any) -> dict[str, Any]:
