@@ -49,7 +49,77 @@ def _to_unit(score: float) -> float:
     return (score - 1.0) / 9.0
 
 
-class LLMJudge:
+# The constructor arguments every chat judge takes (LLMJudge, reward.rubric.RubricJudge) and hands to
+# ChatJudge._connect: each judge lists them in its own signature, which recipes are checked against
+# (rlmed.components) and which tells rlmed to give it a cache and an audit log (rlmed.rl.sources).
+CLIENT_ARGUMENTS = ("api_key_env", "max_concurrency", "requests_per_minute", "tokens_per_minute", "max_retries",
+                    "parse_retries", "timeout_s", "price_per_million_input", "price_per_million_output",
+                    "allowed_hosts")
+
+
+class ChatJudge:
+    """What every judge that asks an OpenAI-compatible chat endpoint shares: the host policy, the sampling settings
+    (JSON mode), de-identification, the ChatClient with its cache and audit log built on first use, the counters,
+    and closing. A subclass's constructor calls `_connect(locals())` with its own arguments: model, base_url,
+    temperature, max_tokens, json_mode, cache_dir, cache_shard, deidentify, deid_patterns, audit_path,
+    audit_stage and CLIENT_ARGUMENTS."""
+
+    model: str
+    base_url: str
+
+    def _connect(self, arguments: dict[str, Any]) -> None:
+        # Data goes only where the recipe says (reward.hosts): a base_url the recipe leaves out means OpenAI's
+        # API, which is then not "named", and must be listed in allowed_hosts to be reached.
+        base_url = arguments["base_url"]
+        named = base_url is not None
+        self.model, self.base_url = arguments["model"], base_url if named else DEFAULT_BASE_URL
+        self.sampling: dict[str, Any] = {"temperature": arguments["temperature"],
+                                         "max_tokens": arguments["max_tokens"]}
+        if arguments["json_mode"]:
+            self.sampling["response_format"] = {"type": "json_object"}
+        self.deid = Deidentifier(arguments["deid_patterns"], enabled=arguments["deidentify"])
+        self._client_args: dict[str, Any] = dict(
+            base_url=self.base_url, model=self.model, named_in_recipe=named, config_name="judge",
+            **{name: arguments[name] for name in CLIENT_ARGUMENTS})
+        self._cache_dir, self._cache_shard = arguments["cache_dir"], arguments["cache_shard"]
+        self._audit_path, self._audit_stage = arguments["audit_path"], arguments["audit_stage"]
+        self._client: ChatClient | None = None
+
+    # The client (and the openai package behind it) is imported on first use, so building prompts and
+    # parsing replies work without it.
+    @property
+    def client(self) -> "ChatClient":
+        """The underlying ChatClient, created on first use."""
+        if self._client is None:
+            from reward.cache import ChatCache
+            from reward.client import ChatClient
+
+            from reward.audit import AuditLog
+
+            cache = ChatCache(self._cache_dir, shard=self._cache_shard) if self._cache_dir else None
+            audit = AuditLog(self._audit_path, stage=self._audit_stage) if self._audit_path else None
+            self._client = ChatClient(**self._client_args, cache=cache, audit=audit)
+        return self._client
+
+    @property
+    def stats(self) -> "JudgeStats":
+        """The client's counters (requests, cache hits, retries, failures, tokens, cost) and the cache rows skipped
+        on opening; `.as_dict()`."""
+        return JudgeStats(self.client, self.deid.describe(), public_url(self.base_url))
+
+    def _masked(self, sample: Sample, counts: dict[str, int]) -> tuple[list[dict[str, Any]], str, str | None]:
+        ref = self.deid.mask(sample.reference, counts) if sample.reference is not None else None
+        return self.deid.mask_messages(sample.prompt, counts), self.deid.mask(sample.completion, counts), ref
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections and flush the cache."""
+        if self._client is not None:
+            await self._client.aclose()
+            if self._client.cache is not None:
+                self._client.cache.close()
+
+
+class LLMJudge(ChatJudge):
     """Scores samples with an OpenAI-compatible chat model following a rubric (default: reward/rubrics/huatuo_zh.md).
 
     weights: criterion -> weight for the overall value (criteria left out weigh 0). None: the judge's own
@@ -88,11 +158,8 @@ class LLMJudge:
     ) -> None:
         if mode not in ("pointwise", "listwise"):
             raise ValueError(f"mode must be 'pointwise' or 'listwise', got {mode!r}")
-        # Data goes only where the recipe says (reward.hosts): a base_url the recipe leaves out means OpenAI's
-        # API, which is then not "named", and must be listed in allowed_hosts to be reached.
-        named = base_url is not None
-        base_url = base_url if base_url is not None else DEFAULT_BASE_URL
-        self.model, self.base_url, self.mode = model, base_url, mode
+        self._connect(locals())
+        self.mode = mode
         self.rubric = load_rubric(rubric)
         if weights is not None:
             unknown = set(weights) - set(self.rubric.criteria)
@@ -102,49 +169,13 @@ class LLMJudge:
             if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
                 raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
         self.weights = weights
-        self.sampling: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
-        if json_mode:
-            self.sampling["response_format"] = {"type": "json_object"}
-        self.deid = Deidentifier(deid_patterns, enabled=deidentify)
         # The namespace holds the rubric's hash: editing the rubric must never serve replies judged by the old one;
         # and the endpoint (without credentials): two servers that both call their model "judge" are different
         # judges, and one must never be served the other's verdicts.
-        self.cache_namespace = f"{self.rubric.sha256}@{public_url(base_url)}"
-        self._client_args: dict[str, Any] = dict(
-            base_url=base_url, model=model, api_key_env=api_key_env, max_concurrency=max_concurrency,
-            requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-            max_retries=max_retries, parse_retries=parse_retries, timeout_s=timeout_s,
-            price_per_million_input=price_per_million_input, price_per_million_output=price_per_million_output,
-            allowed_hosts=allowed_hosts, named_in_recipe=named, config_name="judge",
-        )
-        self._cache_dir, self._cache_shard = cache_dir, cache_shard
-        self._audit_path, self._audit_stage = audit_path, audit_stage
-        self._client: ChatClient | None = None
+        self.cache_namespace = f"{self.rubric.sha256}@{public_url(self.base_url)}"
 
     def __repr__(self) -> str:
         return f"LLMJudge(model={self.model!r}, mode={self.mode!r}, rubric={self.rubric.name!r})"
-
-    # The client (and the openai package behind it) is imported on first use, so building prompts and
-    # parsing replies work without it.
-    @property
-    def client(self) -> "ChatClient":
-        """The underlying ChatClient, created on first use."""
-        if self._client is None:
-            from reward.cache import ChatCache
-            from reward.client import ChatClient
-
-            from reward.audit import AuditLog
-
-            cache = ChatCache(self._cache_dir, shard=self._cache_shard) if self._cache_dir else None
-            audit = AuditLog(self._audit_path, stage=self._audit_stage) if self._audit_path else None
-            self._client = ChatClient(**self._client_args, cache=cache, audit=audit)
-        return self._client
-
-    @property
-    def stats(self) -> "JudgeStats":
-        """The client's counters (requests, cache hits, retries, failures, tokens, cost) and the cache rows skipped
-        on opening; `.as_dict()`."""
-        return JudgeStats(self.client, self.deid.describe(), public_url(self.base_url))
 
     def overall(self, judgement: Judgement) -> float:
         """The overall 1..10 score of a verdict, per the weighting rule in the class docstring."""
@@ -162,10 +193,6 @@ class LLMJudge:
             rationale=judgement.rationale,
             usage=usage,
         )
-
-    def _masked(self, sample: Sample, counts: dict[str, int]) -> tuple[list[dict[str, Any]], str, str | None]:
-        ref = self.deid.mask(sample.reference, counts) if sample.reference is not None else None
-        return self.deid.mask_messages(sample.prompt, counts), self.deid.mask(sample.completion, counts), ref
 
     def _plan(self, samples: Sequence[Sample]) -> tuple[list[int], list[list[int]]]:
         """Split sample indices into pointwise singles and listwise groups (same group id AND same prompt)."""
@@ -208,7 +235,7 @@ class LLMJudge:
                 single.messages,
                 parse=lambda text, tag=single.tag: parse_pointwise(text, criteria, tag),
                 cache_namespace=self.cache_namespace, sampling=dict(self.sampling),
-                record_id=_record_id(samples[i]), masked=counts,
+                record_id=sample_record_id(samples[i]), masked=counts,
             ))
         for members in groups:
             counts = {}
@@ -219,7 +246,7 @@ class LLMJudge:
                 listwise.messages,
                 parse=lambda text, order=listwise.order, tag=listwise.tag: parse_listwise(text, criteria, order, tag),
                 cache_namespace=self.cache_namespace, sampling=dict(self.sampling),
-                record_id=_record_id(samples[members[0]]), masked=counts,
+                record_id=sample_record_id(samples[members[0]]), masked=counts,
             ))
         results = await self.client.chat_many(requests, desc=f"judge {self.model}") if requests else []
 
@@ -227,18 +254,18 @@ class LLMJudge:
         for i, result in zip(singles, results[: len(singles)]):
             if isinstance(result, JudgeError):
                 scores[i] = Score.failed(f"judge failed: {result}", usage={"attempts": result.attempts})
-            elif not _finished(result):
-                scores[i] = Score.failed(_unfinished(result), usage=_usage(result, share=1))
+            elif not verdict_finished(result):
+                scores[i] = Score.failed(unfinished_reason(result), usage=usage_share(result, share=1))
             else:
-                scores[i] = self._score_of(result.parsed, _usage(result, share=1))
+                scores[i] = self._score_of(result.parsed, usage_share(result, share=1))
         for members, result in zip(groups, results[len(singles):]):
-            if isinstance(result, JudgeError) or not _finished(result):
-                reason = f"judge failed: {result}" if isinstance(result, JudgeError) else _unfinished(result)
+            if isinstance(result, JudgeError) or not verdict_finished(result):
+                reason = f"judge failed: {result}" if isinstance(result, JudgeError) else unfinished_reason(result)
                 for i in members:
                     scores[i] = Score.failed(f"{reason} (listwise group)",
                                              usage={"attempts": result.attempts / len(members)})
                 continue
-            usage = _usage(result, share=len(members))
+            usage = usage_share(result, share=len(members))
             for i, judgement in zip(members, result.parsed):
                 scores[i] = self._score_of(judgement, dict(usage))
         return scores  # type: ignore[return-value]  # every index is planned exactly once
@@ -265,18 +292,11 @@ class LLMJudge:
             )
         except JudgeError as exc:
             return {"winner": None, "rationale": "", "error": str(exc), "usage": {"attempts": exc.attempts}}
-        if not _finished(result):
-            return {"winner": None, "rationale": "", "error": _unfinished(result), "usage": _usage(result, share=1)}
+        if not verdict_finished(result):
+            return {"winner": None, "rationale": "", "error": unfinished_reason(result),
+                    "usage": usage_share(result, share=1)}
         return {"winner": result.parsed["winner"].lower(), "rationale": result.parsed["rationale"],
-                "usage": _usage(result, share=1)}
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections and flush the cache."""
-        if self._client is not None:
-            await self._client.aclose()
-            if self._client.cache is not None:
-                self._client.cache.close()
-
+                "usage": usage_share(result, share=1)}
 
 class JudgeStats:
     """The client's ChatStats (its fields read through), plus in `as_dict` the rows the cache skipped on opening
@@ -306,7 +326,7 @@ class JudgeStats:
         return out
 
 
-def _finished(result: "ChatResult[Any]") -> bool:
+def verdict_finished(result: "ChatResult[Any]") -> bool:
     """Whether the judge ended its reply itself. `finish_reason` is the server's own word for the first choice
     (ChatResult.finish_reason: str | None, None when the server gave none); anything but "stop" — "length" above
     all, a reply cut off by max_tokens — is not a verdict. The client re-asks a reply that names another reason
@@ -315,11 +335,11 @@ def _finished(result: "ChatResult[Any]") -> bool:
     return result.finish_reason == "stop"
 
 
-def _unfinished(result: "ChatResult[Any]") -> str:
+def unfinished_reason(result: "ChatResult[Any]") -> str:
     return f"judge reply not finished (finish_reason={result.finish_reason!r}); no verdict taken from it"
 
 
-def _record_id(sample: Sample) -> str | None:
+def sample_record_id(sample: Sample) -> str | None:
     """The id of the record a sample came from, when its metadata has one (the audit log hashes free text)."""
     for key in ("id", "record_id", "prompt_id"):
         value = sample.metadata.get(key)
@@ -328,7 +348,7 @@ def _record_id(sample: Sample) -> str | None:
     return None
 
 
-def _usage(result: Any, share: int) -> dict[str, Any]:
+def usage_share(result: Any, share: int) -> dict[str, Any]:
     """A reply's usage for one sample: numeric counters divided by `share` (the samples that shared the request),
     so summing usage over scores gives the true total."""
     usage: dict[str, Any] = {
@@ -340,4 +360,5 @@ def _usage(result: Any, share: int) -> dict[str, Any]:
     return usage
 
 
-__all__ = ["LLMJudge"]
+__all__ = ["ChatJudge", "JudgeStats", "LLMJudge", "sample_record_id", "unfinished_reason", "usage_share",
+           "verdict_finished"]

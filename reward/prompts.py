@@ -24,12 +24,13 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 RUBRIC_DIR = Path(__file__).resolve().parent / "rubrics"
 DEFAULT_RUBRIC = RUBRIC_DIR / "huatuo_zh.md"
 SCORE_MIN, SCORE_MAX = 1.0, 10.0
 Messages = Sequence[dict[str, Any]]
+T = TypeVar("T")
 
 # Fixed wording around the rubric, per rubric language. The rubric says what to judge; this says where the data
 # is and what shape the answer must take, which the parsers below depend on.
@@ -142,7 +143,8 @@ def fence(text: str, tag: str, **attrs: str) -> str:
     return f"<{tag}{attr_text}>\n{text}\n</{tag}>"
 
 
-def _render_dialogue(prompt: Messages, language: str) -> str:
+def render_dialogue(prompt: Messages, language: str) -> str:
+    """The dialogue as "role label: text" lines in the judge's language (the text a judge reads, fenced)."""
     labels = ROLE_LABELS[language]
     lines = []
     for message in prompt:
@@ -166,7 +168,7 @@ class JudgeRequest:
 def _build(rubric: Rubric, prompt: Messages, reference: str | None, answers: list[tuple[str, str]], mode: str,
            order: list[int]) -> JudgeRequest:
     """Shared builder: answers are (id, text) pairs in presentation order."""
-    dialogue = _render_dialogue(prompt, rubric.language)
+    dialogue = render_dialogue(prompt, rubric.language)
     ref_text = reference if reference else SECTION[rubric.language]["no_reference"]
     tag = fence_tag([dialogue, ref_text, *(text for _, text in answers)])
     section = SECTION[rubric.language]
@@ -304,26 +306,35 @@ def parse_listwise(text: str, criteria: Sequence[str], order: Sequence[int], tag
     """Parse {"request": tag, "candidates": [{"id", "scores", "overall", "rationale"}, ...]} back into the
     ORIGINAL order. order is JudgeRequest.order; the reply must cover ids "1".."k" each exactly once.
     """
-    obj = reply_object(text, tag)
-    items = obj.get("candidates")
-    if not isinstance(items, list):
-        raise ValueError("listwise: missing 'candidates' list")
-    by_id: dict[str, Judgement] = {}
-    for item in items:
-        raw_id = item.get("id") if isinstance(item, dict) else None
-        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-            raise ValueError(f"listwise: candidate without a valid id: {raw_id!r}")
-        cid = str(raw_id).strip()
-        if cid in by_id:
-            raise ValueError(f"listwise: candidate id {cid} appears twice")
-        by_id[cid] = _judgement(item, criteria, f"listwise candidate {cid}")
-    expected = {str(i + 1) for i in range(len(order))}
-    if set(by_id) != expected:
-        raise ValueError(f"listwise: ids must be exactly {sorted(expected)}, got {sorted(by_id)}")
+    judgements = numbered_entries(reply_object(text, tag), "candidates", len(order), "listwise", "candidate",
+                                  lambda item, where: _judgement(item, criteria, where))
     result: list[Judgement | None] = [None] * len(order)
     for presented, original in enumerate(order):
-        result[original] = by_id[str(presented + 1)]
+        result[original] = judgements[presented]
     return result  # type: ignore[return-value]  # every slot is filled: order is a permutation
+
+
+def numbered_entries(obj: dict[str, Any], key: str, count: int, where: str, what: str,
+                     read: Callable[[Any, str], T]) -> list[T]:
+    """The entries of `obj[key]`, a list of objects whose "id" runs "1".."count" (numbers or their strings), each
+    exactly once, read by `read(entry, label)` and returned in id order. A missing list, an entry without a valid
+    id, an id twice, or one missing or extra raises ValueError: a verdict is never assigned to a guessed entry."""
+    entries = obj.get(key)
+    if not isinstance(entries, list):
+        raise ValueError(f"{where}: missing '{key}' list")
+    by_id: dict[str, T] = {}
+    for entry in entries:
+        raw_id = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            raise ValueError(f"{where}: {what} without a valid id: {raw_id!r:.40}")
+        number = str(raw_id).strip()
+        if number in by_id:
+            raise ValueError(f"{where}: {what} id {number} appears twice")
+        by_id[number] = read(entry, f"{where} {what} {number}")
+    expected = [str(i + 1) for i in range(count)]
+    if set(by_id) != set(expected):
+        raise ValueError(f"{where}: ids must be exactly {expected}, got {sorted(by_id)}")
+    return [by_id[number] for number in expected]
 
 
 def parse_compare(text: str, tag: str) -> dict[str, str]:

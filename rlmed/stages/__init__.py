@@ -19,6 +19,7 @@ BUILTIN = {
     "mole": "rlmed.stages.mole",
     "evaluate": "rlmed.stages.evaluate",
     "kb_instructions": "rlmed.stages.kb_instructions",
+    "rubrics": "rlmed.stages.rubrics",
 }
 
 
