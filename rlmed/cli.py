@@ -1,6 +1,7 @@
 """`rlmed run recipe.yaml` (console script) and `python rlmed/run.py recipe.yaml` (what deepspeed launches).
 
-Exit codes: 0 done, 1 a stage failed, 2 the recipe or the command line is wrong.
+Exit codes: 0 done, 1 a stage failed, 2 the recipe or the command line is wrong. `rlmed judge-check`: 0 done,
+1 the judge gave no verdict at all (unreachable, refusing), 2 bad labels, judge block or command line.
 """
 
 from __future__ import annotations
@@ -164,6 +165,50 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_PROBLEMS_SHOWN = 50
+
+
+def judge_check_command(args: argparse.Namespace) -> int:
+    from rlmed.eval import judge_check as jc
+
+    labels_path: Path = args.labels
+    out = args.out if args.out is not None else labels_path.parent / f"{labels_path.stem}_judge_check"
+    try:
+        if args.recipe is not None and args.stage is None:
+            raise jc.JudgeCheckError([f"{args.recipe}: --recipe needs --stage ID, the stage whose judge to check"])
+        if args.judge is not None and args.stage is not None:
+            raise jc.JudgeCheckError(["--stage goes with --recipe; a --judge file names its judge itself"])
+        kind, labels = jc.read_labels(labels_path)
+        if args.judge is not None:
+            spec, where = jc.judge_from_file(args.judge), str(args.judge)
+            cache_root = out  # no run to share a cache with: the check keeps its own beside its report
+        else:
+            spec, cache_root, where = jc.judge_from_recipe(args.recipe, args.stage, kind)
+        judge = jc.build_judge(spec, cache_root, where)
+        info = jc.describe_judge(judge, spec, where)
+        if kind == jc.SCORES:
+            jc.check_criteria(labels_path, labels, info["criteria"])
+    except jc.JudgeCheckError as exc:
+        print(f"rlmed judge-check: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems[:MAX_PROBLEMS_SHOWN]:
+            print(f"  {problem}", file=sys.stderr)
+        if len(exc.problems) > MAX_PROBLEMS_SHOWN:
+            print(f"  ... and {len(exc.problems) - MAX_PROBLEMS_SHOWN} more", file=sys.stderr)
+        return 2
+    report = jc.run_check(labels_path, kind, labels, judge, info, out, seed=args.seed)
+    print(jc.text_table(report))
+    print(f"written: {out / jc.JSON_NAME}, {out / jc.MD_NAME}")
+    section = report[kind]
+    if section["scored_rows"] == 0:
+        print(f"rlmed judge-check: the judge gave no verdict on any of the {section['label_rows']} label rows; "
+              f"first error: {jc.first_error(report)}", file=sys.stderr)
+        return 1
+    if section["unscored_rows"]:
+        logger.warning("%d of %d label rows unscored (judge failures, left out of every number); see %s",
+                       section["unscored_rows"], section["label_rows"], out / jc.MD_NAME)
+    return 0
+
+
 def status_command(args: argparse.Namespace) -> int:
     from rlmed.status import format_status, run_status
 
@@ -189,8 +234,14 @@ def status_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["review"]:  # `review RUN_DIR` and `review export RUN_DIR`: its own parser (rlmed.review.cli)
+        from rlmed.review.cli import main as review_main
+
+        return review_main(argv[1:])
     parser = argparse.ArgumentParser(prog="rlmed", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("review", help="doctors label a run's answers in a local web page (`rlmed review --help`); "
+                                  "`rlmed review export RUN_DIR` writes them as training rows")
     _run_parser(sub.add_parser("run", help="run a recipe's stages in order"))
     export = sub.add_parser("export", help="write a MoLE adapter as a serving folder (universal expert merged)")
     export.add_argument("adapter", type=Path, help="a mole stage's model folder, e.g. runs/tiny/experts/model")
@@ -202,6 +253,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="first recompute the text/choice/hit-rate metrics in results.json from the saved "
                              "generations/*.jsonl (no generation; reward, pairwise and contamination are kept)")
     report.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    check = sub.add_parser("judge-check", help="measure an LLM judge's agreement with human labels (doctors')")
+    check.add_argument("labels", type=Path,
+                       help="labels .jsonl: pairwise rows {prompt, answer_a, answer_b, label: a|b|tie, reference?, "
+                            "annotator?} or score rows {prompt, answer, scores: {criterion: number}, reference?}")
+    which = check.add_mutually_exclusive_group(required=True)
+    which.add_argument("--judge", type=Path, metavar="JUDGE.yaml",
+                       help="a YAML file holding the judge's _component_ block, as a recipe's reward: takes it")
+    which.add_argument("--recipe", type=Path, metavar="RECIPE", help="take the judge from this recipe's --stage")
+    check.add_argument("--stage", metavar="ID", help="with --recipe: the stage whose reward: (or args.judge) to use")
+    check.add_argument("--out", type=Path, metavar="DIR",
+                       help="where judge_check.json and judge_check.md go (default: <labels>_judge_check/ beside "
+                            "the labels file; a --judge file's cache and audit log go there too)")
+    check.add_argument("--seed", type=int, default=42, help="seed of the bootstrap draws (default 42)")
+    check.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     status = sub.add_parser("status", help="which stages of a run are done, running, failed or interrupted")
     status.add_argument("target", type=Path, metavar="RUN_DIR|RECIPE",
                         help="a run folder, or a recipe (its run_dir, its stages in order, unrun ones listed too)")
@@ -225,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return export_command(args)
     if args.command == "report":
         return report_command(args)
+    if args.command == "judge-check":
+        return judge_check_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
