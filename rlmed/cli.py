@@ -32,10 +32,25 @@ def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminal(logging.Filter):
+    """What the terminal shows: rlmed's own progress, and other libraries' warnings and errors, except
+    deprecation notices about calls that libraries make (the user cannot act on them). Stage logs get
+    everything: their handler has no such filter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("rlmed"):
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        return not (record.name == "py.warnings" and ("FutureWarning" in record.getMessage()
+                                                     or "DeprecationWarning" in record.getMessage()))
+
+
 def setup_logging(verbose: bool = False) -> None:
     """One stderr handler on the root logger, added once; handlers others installed are left alone."""
     from rlmed import dist
 
+    logging.captureWarnings(True)  # warnings become log records: in the stage log, filtered on the terminal
     root = logging.getLogger()
     # Other ranks say only what goes wrong, unless asked: N copies of every line help nobody.
     root.setLevel(logging.DEBUG if verbose else logging.INFO if dist.is_main() else logging.WARNING)
@@ -43,6 +58,8 @@ def setup_logging(verbose: bool = False) -> None:
     if not any(getattr(h, "_rlmed", False) for h in root.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(f"%(asctime)s{rank} %(levelname)s %(name)s: %(message)s"))
+        if not verbose:
+            handler.addFilter(_Terminal())
         handler._rlmed = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     # httpx2/httpx print every request URL (user-info and query included) at INFO, openai request bodies
@@ -102,12 +119,27 @@ def _show(value) -> str:
     return str(redact(value))
 
 
+def quiet_deepspeed_on_cpu() -> None:
+    """Without CUDA, tell DeepSpeed the accelerator is the CPU: left to detect it, it warns on every process that
+    it "could not detect" a GPU, which on a CPU machine says nothing."""
+    if "DS_ACCELERATOR" in os.environ:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def run_command(args: argparse.Namespace) -> int:
     from rlmed.recipe import RecipeError, load_recipe
     from rlmed.runner import RunError, Runner
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    if not args.verbose:
+        # datasets' per-map bars (trl's truncation passes, rlmed's cached maps) are stage detail; rlmed logs
+        # what it prepares and how long it took. -v brings them back.
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         recipe = load_recipe(args.recipe, run_dir=args.run_dir, control=args.control)
     except RecipeError as exc:
@@ -121,6 +153,7 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"recipe {recipe.path} ({recipe.name}): {len(recipe.stages)} stages, run dir {runner.run_dir}")
             print(format_plan(runner.plan()))
             return 0
+        quiet_deepspeed_on_cpu()  # here, not earlier: a dry run imports no torch
         runner.run()
     except RunError as exc:
         logger.error("%s", exc, exc_info=args.verbose)

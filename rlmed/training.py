@@ -55,9 +55,34 @@ def trainer_config(ctx: StageContext, config_path: str, has_eval: bool, **derive
             # Without DeepSpeed, accelerate takes CPU ranks for one process each (each would train alone);
             # use_cpu makes them one data-parallel (gloo) job.
             fields.setdefault("use_cpu", True)
-    ctx.trainer_fields = dict(sorted(fields.items()))
     config_cls = import_object(config_path)
+    current_names(fields, config_cls)
+    ctx.trainer_fields = dict(sorted(fields.items()))
     return config_cls(**fields)
+
+
+# Trainer fields transformers renamed; the old names still work there but warn on every stage.
+RENAMED_FIELDS = (("gradient_checkpointing", "activation_checkpointing"),
+                  ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"))
+
+
+def current_names(fields: dict[str, Any], config_cls: type) -> None:
+    """Give renamed trainer fields their current names where the installed transformers has them: the ones a
+    recipe or stage writes, and the old-named defaults of the config class itself (trl's configs still default
+    `gradient_checkpointing`), so a run prints no deprecation warning it could not act on. With an older
+    transformers (no new name) the fields stay as written."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    for old, new in RENAMED_FIELDS:
+        if new not in defaults:
+            continue
+        if old in fields and new not in fields:
+            fields[new] = fields.pop(old)
+        elif old in fields:
+            fields.pop(old)  # the new name, given too, wins (as in transformers)
+        if new not in fields and defaults.get(new) is None and defaults.get(old) not in (None, dataclasses.MISSING):
+            fields[new] = defaults[old]
 
 
 def _refuse_direct_reporting(stage_id: str, report_to: Any) -> None:

@@ -83,6 +83,10 @@ def test_tiny_recipe_runs_end_to_end_and_a_second_run_skips_everything(tiny_run)
         losses = [r["loss"] for r in read_metrics(run_dir / stage) if "loss" in r]
         assert losses[-1] < 0.6 * losses[0], (stage, losses[0], losses[-1])
     assert "stage sft (sft) done in" in first.stderr  # the one-line stage summary
+    # The terminal reads as rlmed's progress: no deprecation notices the user cannot act on, no DeepSpeed "could
+    # not detect a GPU" on a CPU machine; the stage logs keep the libraries' detail.
+    for noise in ("FutureWarning", "DeprecationWarning", "Setting accelerator to CPU", "is deprecated"):
+        assert noise not in first.stderr, noise
     report = (run_dir / "eval" / "report.md").read_text()
     assert report.index("## What each stage did") < report.index("## Models")
 

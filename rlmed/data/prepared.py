@@ -112,6 +112,7 @@ class DataCache:
     def _build(self, name: str, final: Path, parts: dict[str, Any], build: Callable[[Path], dict]) -> dict:
         from rlmed import dist
 
+        logger.info("preparing %s data (%s)", name.split("-")[0], _describe(parts))
         work = self.root / f".{name}.{socket.gethostname()}.{os.getpid()}.tmp"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(mode=0o700)
@@ -135,6 +136,8 @@ class DataCache:
             shutil.rmtree(work, ignore_errors=True)
             raise
         self._event(name, "prepared", seconds=record["seconds"])
+        logger.info("prepared %s data in %.1fs%s", name.split("-")[0], record["seconds"],
+                    f": {record['rows']} rows" if "rows" in record else "")
         return record
 
     @staticmethod
@@ -161,6 +164,15 @@ class DataCache:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _describe(parts: dict[str, Any]) -> str:
+    """A short, human description of what an entry is made from (for the log)."""
+    if "path" in parts:
+        return f"{Path(str(parts['path'])).name}, {parts.get('converter')}"
+    if "block_size" in parts:
+        return f"blocks of {parts['block_size']} tokens"
+    return str(parts.get("columns", "derived"))
 
 
 def write_items(path: Path, items: Iterator[Any], encode: Callable[[Any], Any]) -> int:

@@ -113,3 +113,27 @@ def test_every_training_stage_declares_its_batch_size_learning_rate_and_length()
         spec = get_spec(kind)
         assert {"per_device_train_batch_size", "learning_rate"} <= set(spec.trainer_defaults), kind
         assert spec.default_trainer()["report_to"] == "none", kind
+
+
+@pytest.mark.parametrize("recipe_fields, expected", [
+    ({}, True),  # trl's SFTConfig default, under its current name
+    ({"gradient_checkpointing": False}, False),  # the name users write, translated
+    ({"activation_checkpointing": False}, False),
+])
+def test_renamed_trainer_fields_take_their_current_names_without_a_warning(tmp_path, recipe_fields, expected):
+    import warnings
+
+    from rlmed import training
+    from rlmed.stages.base import StageContext
+
+    ctx = StageContext(stage_id="sft", kind="sft", stage_dir=tmp_path, run_dir=tmp_path, recipe_name="t", seed=1,
+                       trainer={**recipe_fields, "gradient_checkpointing_kwargs": {"use_reentrant": False}},
+                       trainer_defaults=dict(TRAINER_DEFAULTS))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=False)
+    assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
+    assert config.activation_checkpointing is expected and config.gradient_checkpointing is expected
+    assert config.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert "gradient_checkpointing" not in ctx.trainer_fields
+    assert ctx.trainer_fields["activation_checkpointing"] is expected
