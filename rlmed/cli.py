@@ -308,8 +308,24 @@ def main(argv: list[str] | None = None) -> int:
     runs = sub.add_parser("runs", help="the run folders under a folder (default ./runs) and their stages' states")
     runs.add_argument("root", type=Path, nargs="?", default=Path("runs"), help="where to look (default: runs)")
     runs.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    chat = sub.add_parser("chat", help="talk to a model a run produced, with its chat template, streaming")
+    chat.add_argument("model", metavar="MODEL_OR_STAGE",
+                      help="a model folder (full, LoRA adapter, MoLE adapter or export) or Hub id; with --run-dir, a "
+                           "stage id (its merged model when it wrote one, else its model)")
+    chat.add_argument("--run-dir", type=Path, help="the run folder whose stage MODEL_OR_STAGE names, e.g. runs/tiny")
+    chat.add_argument("--temperature", type=float, default=0.7, help="0: greedy (default 0.7)")
+    chat.add_argument("--top-p", type=float, default=0.9, help="nucleus cut-off when sampling (default 0.9)")
+    chat.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
+    chat.add_argument("--system", help="a system message to start every conversation with")
+    chat.add_argument("--dtype", default="auto", help="auto (float32 on CPU), float32, bfloat16, float16")
+    chat.add_argument("--seed", type=int, help="seed the sampling, for a repeatable conversation")
+    chat.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if args.command == "chat":
+        from rlmed.chat import chat_command
+
+        return chat_command(args)
     if args.command == "status":
         return status_command(args)
     if args.command == "runs":

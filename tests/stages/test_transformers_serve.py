@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -30,12 +31,24 @@ def talking_model(tmp_path_factory, tiny_model):
     return root / "run" / "sft" / "model"
 
 
+def transformers_command(*args: str) -> list[str]:
+    """`transformers <args>` run by this interpreter, through the console-script entry point its installed
+    transformers declares: PATH may hold another environment's `transformers`, or none."""
+    from importlib.metadata import entry_points
+
+    found = [e for e in entry_points(group="console_scripts") if e.name == "transformers"]
+    assert found, "the installed transformers declares no `transformers` command (pip install 'transformers[serving]')"
+    module, function = found[0].value.split(":")
+    code = f"import sys; from {module} import {function} as main; sys.argv[0] = 'transformers'; sys.exit(main())"
+    return [sys.executable, "-c", code, *args]
+
+
 @pytest.fixture(scope="module")
 def served(talking_model):
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    process = subprocess.Popen(["transformers", "serve", str(talking_model), "--device", "cpu", "--port", str(port)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = transformers_command("serve", str(talking_model), "--device", "cpu", "--port", str(port))
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     try:
         while True:
