@@ -153,8 +153,9 @@ def _data_sources(value: Any, declared: Input, where: str, recipe_path: Path, ea
             except (TypeError, ValueError):
                 problems.append(f"{here}.weight: expected a number >= 0, got {spec.get('weight')!r}")
                 continue
-        if fmt is not None and fmt not in DATA_FORMATS:
-            problems.append(f"{here}.format: expected one of {', '.join(DATA_FORMATS)}, got {fmt!r}")
+        if fmt is not None and fmt not in DATA_FORMATS + declared.formats:
+            problems.append(f"{here}.format: expected one of {', '.join(DATA_FORMATS + declared.formats)}, "
+                            f"got {fmt!r}")
             continue
         columns = _columns(spec.get("columns"), f"{here}.columns", problems)
         on_bad_rows = spec.get("on_bad_rows", "fail")

@@ -33,7 +33,7 @@ _CHUNK_CELLS = 2_000_000
 _Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
 # Name parts that mean a smaller value is better (perplexity, error rates); everything else: larger is better.
 LOWER_IS_BETTER = {"loss", "perplexity", "ppl", "error", "errors", "ter", "wer", "cer", "latency", "runtime",
-                   "failed", "unscored"}
+                   "failed", "unscored", "wrong", "unanswerable"}  # the last two: shares of choice rows
 
 
 def lower_is_better(metric: str) -> bool:

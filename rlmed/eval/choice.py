@@ -1,8 +1,9 @@
 """Multiple-choice evaluation (CMB, CMExam, MedQA, MedMCQA style; methods.md §7): prompts, answer extraction, accuracy.
 
-Single-answer questions only: a question has ``len(options)`` options lettered A, B, C, ...; the gold answer is one
-letter. Multi-answer items (some CMB questions) are out of scope, and ``extract_choice`` reports a multi-letter
-answer as None.
+A question has ``len(options)`` options lettered A, B, C, ...; the gold answer of a single-answer question is one
+letter, and ``extract_choice`` reports a multi-letter answer to it as None. A multiple-answer question (CMB's
+多项选择题, CMExam's answers such as "ABD") has a set of letters as its gold answer and is scored by exact set
+match; ``extract_choices`` reads the set an output chooses (rules at the end of this docstring).
 
 How ``extract_choice`` reads an output (first rule that applies decides; the text is first full-width → half-width
 converted and markdown emphasis ``*`` / backticks removed, so "**Ｂ**" reads as "B"):
@@ -24,6 +25,19 @@ converted and markdown emphasis ``*`` / backticks removed, so "**Ｂ**" reads as
 5. Option text anywhere: exactly one option's text (at least 2 characters, so "是"/"否" options do not match
    everywhere) occurs in the output → its letter; an option text that is a substring of another occurring option
    text (阿司匹林 in 阿司匹林肠溶片) does not count separately. Otherwise None.
+
+How ``extract_choices`` reads the answer to a multiple-answer question (same normalisation; the first rule that
+finds letters decides, and every letter must be an option's, else None):
+
+1. Answer markers, each followed by a list of letters: a run ("答案：ACD") or letters joined by 、 , / ; 和 与 及
+   or spaces ("答案是A、C、D", "Answer: A, C"). Markers naming different sets: None. A marker followed by an
+   option's text names that option.
+2. Letters anywhere, as rule 4 above reads them (same exclusions), plus standalone runs of distinct capitals
+   ("ACD是正确的"): their union, as CMB's own scorer collects every option letter of the output.
+3. The text of every option found in the output (rule 5's substring exclusion). Otherwise None.
+
+A wrong choice and no choice are told apart by ``choice_rows`` (correct, answered), so a report can give the
+share of unanswerable outputs separately from the wrong ones.
 """
 
 from __future__ import annotations
@@ -60,6 +74,11 @@ _NEGATED_BEFORE = ("不选", "排除", "不是")  # "不选A" / "排除A" name a
 _ENGLISH_WORD_AFTER = re.compile(r"\s+(?!(?:is|was|seems)(?![a-z]))[a-z]")
 
 _OPTION_TEXT_MIN = 2
+# Multiple-answer lists: a capital (or a run of distinct capitals, "ACD"), optionally bracketed, and the separators
+# between list items ("A、C、D", "A, C", "A和C", "A C"); full-width commas are half-width after _normalize.
+_ITEM_RE = re.compile(r"[(\[【]?\s*([A-Z]+)(?![A-Za-z0-9])\s*[)\]】]?")
+_SEP_RE = re.compile(r"\s*(?:[、,/;&+]|和|与|及|或|(?i:and|or)(?![a-z]))\s*|\s+")
+_UPPER_RUN_RE = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2,})(?![A-Za-z0-9])")
 
 
 def _normalize(text: str) -> str:
@@ -147,40 +166,107 @@ def extract_choice(output: str, options: Sequence[str]) -> str | None:
         return letter if letter in letters else None
 
     # 4: standalone letters anywhere.
+    found = _standalone_letters(text, letters)
+    if found:
+        return _decide(found, letters)
+
+    # 5: the text of exactly one option.
+    return _decide(_option_texts_found(text, texts), letters)
+
+
+def _excluded(text: str, start: int, end: int) -> bool:
+    """Whether the letter(s) at text[start:end] are a term, a vitamin or rejected in place, not a choice."""
+    before = text[:start].rstrip()
+    return text.startswith(_TERM_AFTER, end) or before.endswith(_TERM_BEFORE) or before.endswith(_NEGATED_BEFORE)
+
+
+def _standalone_letters(text: str, letters: str, runs: bool = False) -> set[str]:
+    """Rule 4's letters in range; with `runs`, also standalone runs of distinct capitals ("ACD"), all in range."""
     found: set[str] = set()
     for m in _UPPER_RE.finditer(text):
         letter, end = m.group(1), m.end()
         if letter in "AI" and _ENGLISH_WORD_AFTER.match(text, end):
             continue
-        before = text[:m.start()].rstrip()
-        if text.startswith(_TERM_AFTER, end) or before.endswith(_TERM_BEFORE) or before.endswith(_NEGATED_BEFORE):
-            continue
-        if letter in letters:
+        if not _excluded(text, m.start(), end) and letter in letters:
             found.add(letter)
     for m in _LOWER_BRACKET_RE.finditer(text):
         letter = (m.group(1) or m.group(2)).upper()
         if letter in letters:
             found.add(letter)
-    if found:
-        return _decide(found, letters)
+    if runs:
+        for m in _UPPER_RUN_RE.finditer(text):
+            word = m.group(1)
+            if len(set(word)) == len(word) and set(word) <= set(letters) and not _excluded(text, m.start(), m.end()):
+                found.update(word)
+    return found
 
-    # 5: the text of exactly one option.
+
+def _option_texts_found(text: str, texts: dict[str, str]) -> set[str]:
+    """Letters of the option texts (2+ characters) found in `text`, less those inside another found one."""
     lowered = text.lower()
     present = {letter: opt.lower() for letter, opt in texts.items()
                if len(opt) >= _OPTION_TEXT_MIN and opt.lower() in lowered}
-    kept = {letter for letter, opt in present.items()
+    return {letter for letter, opt in present.items()
             if not any(opt != other and opt in other for other in present.values())}
-    return _decide(kept, letters)
 
 
-def _format_options(options: Sequence[str]) -> str:
+def _letter_list(text: str, start: int) -> tuple[list[str], int] | None:
+    """The letters of a list starting at `start` ("ACD", "A、C、D", "(A) and (C)") and where it ends; None when
+    no capital letter (or run of them) stands there, or the list runs into an English word ("A patient")."""
+    item = _ITEM_RE.match(text, start)
+    if not item:
+        return None
+    found, end = list(item.group(1)), item.end()
+    while (sep := _SEP_RE.match(text, end)) and sep.end() > end and (nxt := _ITEM_RE.match(text, sep.end())):
+        found += nxt.group(1)
+        end = nxt.end()
+    if _ENGLISH_WORD_AFTER.match(text, end) and len(found) == 1:
+        return None
+    return found, end
+
+
+def extract_choices(output: str, options: Sequence[str]) -> str | None:
+    """The set of option letters an output chooses for a multiple-answer question, as sorted letters ("ACD"),
+    or None when it chooses none or names a letter that is no option's. See the module docstring."""
     letters = _letters(options)
-    return "\n".join(f"{letter}. {_strip_label(letter, opt)}" for letter, opt in zip(letters, options))
+    text = _normalize(output)
+    texts = _option_texts(options, letters)
+
+    named: list[frozenset[str]] = []
+    for m in _MARKER_RE.finditer(text):
+        listed = _letter_list(text, m.end())
+        if listed is not None:
+            if not set(listed[0]) <= set(letters):
+                return None  # "答案：ACF" with five options: an invalid answer, not a partial one
+            named.append(frozenset(listed[0]))
+            continue
+        lowered = _RUN_RE.match(text, m.end())
+        if lowered and len(lowered.group(1)) == 1 and not _LOWER_WORD_AFTER.match(text, lowered.end()):
+            letter = lowered.group(1).upper()  # "answer: (b)"
+            if letter not in letters:
+                return None
+            named.append(frozenset(letter))
+            continue
+        for letter, opt in sorted(texts.items(), key=lambda kv: len(kv[1]), reverse=True):
+            if opt and text[m.end():m.end() + len(opt)].lower() == opt.lower():
+                named.append(frozenset(letter))
+                break
+    if named:
+        return "".join(sorted(named[0])) if len(set(named)) == 1 else None
+    found = _standalone_letters(text, letters, runs=True) or _option_texts_found(text, texts)
+    return "".join(sorted(found)) or None
+
+
+def format_options(options: Sequence[str], separator: str = ". ") -> str:
+    """One "A. text" line per option (`separator` between letter and text), an option's own label dropped."""
+    letters = _letters(options)
+    return "\n".join(f"{letter}{separator}{_strip_label(letter, opt)}" for letter, opt in zip(letters, options))
+
 
 
 def zero_shot_prompt(question: str, options: Sequence[str]) -> str:
     """The question, one "A. ..." line per option, then "答案：" for the model to complete."""
-    return f"{question.strip()}\n{_format_options(options)}\n答案："
+    return f"{question.strip()}\n{format_options(options)}\n答案："
 
 
 def _gold_letter(answer: str, letters: str, where: str) -> str:
@@ -188,6 +274,16 @@ def _gold_letter(answer: str, letters: str, where: str) -> str:
     if len(letter) != 1 or letter not in letters:
         raise ValueError(f"{where}: answer {answer!r} is not one of the option letters {letters}")
     return letter
+
+
+def gold_letters(answer: str, options: Sequence[str], where: str = "answer") -> str:
+    """A multiple-answer question's gold letters, sorted ("ACD" from "A、C、D", "D,A,C" or "acd"); ValueError
+    naming `where` unless they are distinct option letters."""
+    letters = _letters(options)
+    found = re.sub(r"[\s、,;/]+", "", _normalize(str(answer))).upper()
+    if not found or len(set(found)) != len(found) or not set(found) <= set(letters):
+        raise ValueError(f"{where}: answer {answer!r} is not a set of distinct option letters of {letters}")
+    return "".join(sorted(found))
 
 
 def few_shot_prompt(question: str, options: Sequence[str], examples: Sequence[Mapping[str, object]]) -> str:
@@ -225,16 +321,26 @@ def meds_ins_prompt(instruction: str, input: str, examples: Sequence[Mapping[str
     return "\n".join(cases) + "\n" + tail
 
 
-def choice_rows(outputs: Sequence[str], options_list: Sequence[Sequence[str]],
-                answers: Sequence[str]) -> list[tuple[bool, bool]]:
+def choice_rows(outputs: Sequence[str], options_list: Sequence[Sequence[str]], answers: Sequence[str],
+                multiple: Sequence[bool] | None = None) -> list[tuple[bool, bool]]:
     """Per row (correct, answered): the extracted letter equals the gold letter / any letter was extracted.
+    A row marked in `multiple` is a multiple-answer question: its extracted set must equal the gold set exactly
+    (no partial credit, as CMB scores them).
 
-    Raises ValueError on length mismatch or a gold answer that is not one in-range letter (names the row).
+    Raises ValueError on length mismatch or a gold answer that is not one in-range letter (a set of them for a
+    multiple-answer row; names the row).
     """
-    if not (len(outputs) == len(options_list) == len(answers)):
-        raise ValueError(f"{len(outputs)} outputs, {len(options_list)} option lists, {len(answers)} answers")
+    multiple = [False] * len(outputs) if multiple is None else multiple
+    if not (len(outputs) == len(options_list) == len(answers) == len(multiple)):
+        raise ValueError(f"{len(outputs)} outputs, {len(options_list)} option lists, {len(answers)} answers, "
+                         f"{len(multiple)} multiple-answer flags")
     out = []
-    for i, (text, options, gold) in enumerate(zip(outputs, options_list, answers)):
+    for i, (text, options, gold, several) in enumerate(zip(outputs, options_list, answers, multiple)):
+        if several:
+            gold_set = gold_letters(gold, options, f"row {i}")
+            got = extract_choices(text, options)
+            out.append((got == gold_set, got is not None))
+            continue
         gold_letter = _gold_letter(gold, _letters(options), f"row {i}")
         got = extract_choice(text, options)
         out.append((got == gold_letter, got is not None))

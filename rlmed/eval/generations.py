@@ -3,13 +3,17 @@
 `generations/<model>.jsonl` holds one row per eval row the model answered, in eval-set then row order:
 
     {"set", "index", "kind", "prompt", "answer", "reference"}   every row ("answer" is the model's text)
-    + "options", "answer_key"                                    choice rows ("answer_key": the correct letter)
+    + "options", "answer_key"                                    choice rows ("answer_key": the correct letter;
+                                                                 the sorted correct letters when "multiple": true)
     + "items"                                                    hit-rate rows (the expected items)
     + "reward", "reward_parts", "reward_rationale", "reward_error"
                                                                  generation rows, with a `reward:` source (parts,
                                                                  rationale, error only when the source gave them)
     + "tags"                                                     the eval row's fields named by the stage's
                                                                  breakdown_by (e.g. {"condition": "发热"}), if any
+                                                                 (HealthBench rows: also their "example_tags")
+    + "metadata"                                                 what the reward source reads besides the answer
+                                                                 (HealthBench: "rubrics", "prompt_id"), if any
 
 A row carries everything its metric needs, so the stage and `rlmed report --recompute` compute the metrics
 with the same function (`model_metrics`) from the same rows: what the stage reported is what the saved answers
@@ -44,24 +48,31 @@ class GenerationsError(ValueError):
 
 REWARD_MEAN = "reward_mean"
 PART_PREFIX = "reward."  # a reward part's metric is "reward.<part>", e.g. "reward.rules.referral"
+TAG_PART = "tag:"  # a rubric judge's per-tag part ("tag:axis:accuracy"), the only parts of a rubric row averaged
 
 
 def saved_row(set_name: str, index: int, kind: str, messages: list[dict[str, str]], answer: str, *,
               reference: str | None = None, options: list[str] | None = None, answer_key: str | None = None,
               items: list[Any] | None = None, tags: dict[str, Any] | None = None,
-              samples: list[str] | None = None) -> dict[str, Any]:
+              samples: list[str] | None = None, multiple: bool = False,
+              metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """One row of generations/<model>.jsonl, with the fields its kind is scored on (and its tags, if any).
-    `samples`: every answer of a generation row answered several times (`answer` is the first)."""
+    `samples`: every answer of a generation row answered several times (`answer` is the first); `multiple`: a
+    multiple-answer choice row (scored by exact set match); `metadata`: given to the reward source."""
     row: dict[str, Any] = {"set": set_name, "index": index, "kind": kind, "prompt": messages, "answer": answer,
                            "reference": reference}
     if samples is not None and len(samples) > 1:
         row["samples"] = list(samples)
     if kind == "choice":
         row.update(options=options, answer_key=answer_key)
+        if multiple:
+            row["multiple"] = True
     elif kind == "hitrate":
         row["items"] = items
     if tags:
         row["tags"] = dict(tags)
+    if metadata:
+        row["metadata"] = dict(metadata)
     return row
 
 
@@ -84,12 +95,16 @@ def add_reward_scores(source: Any, rows: list[dict[str, Any]]) -> list[dict[str,
     """The rows with the reward source's score on every generation row (`reward`: None when it could not be
     scored, the reason in `reward_error`) and its rationale, if any. A row answered several times gets the mean
     over its scored samples (`sample_rewards`: each sample's score), and each part's mean. Choice and hit-rate
-    rows have their own exact metric, so they are not sent to the source (a judge call costs money)."""
+    rows have their own exact metric, so they are not sent to the source (a judge call costs money). A row's
+    `metadata` (HealthBench's rubrics and prompt_id) goes to the source with each of its samples; of a
+    rubric-graded row's parts only the "tag:<name>" ones are averaged like other parts (one per tag: HealthBench's
+    axes and themes), and the per-criterion ones are kept in the row as `reward_criteria` (tens of thousands of
+    distinct criteria would otherwise each become a metric)."""
     from reward.base import Sample, score_sync
 
     targets = [n for n, r in enumerate(rows) if r["kind"] == "generation"]
     samples = [Sample(prompt=rows[n]["prompt"], completion=answer, reference=rows[n]["reference"],
-                      group=f"{rows[n]['set']}:{rows[n]['index']}")
+                      group=f"{rows[n]['set']}:{rows[n]['index']}", metadata=dict(rows[n].get("metadata") or {}))
                for n in targets for answer in answers_of(rows[n])]
     scores = score_sync(source, samples) if samples else []
     if len(scores) != len(samples):
@@ -108,6 +123,11 @@ def add_reward_scores(source: Any, rows: list[dict[str, Any]]) -> list[dict[str,
         names = dict.fromkeys(k for s in scored for k, v in s.parts.items() if isinstance(v, (int, float)))
         parts = {k: sum(float(s.parts[k]) for s in scored if k in s.parts) / sum(k in s.parts for s in scored)
                  for k in names}
+        if (rows[n].get("metadata") or {}).get("rubrics") is not None:
+            criteria = {k: v for k, v in parts.items() if not k.startswith(TAG_PART)}
+            parts = {k: v for k, v in parts.items() if k.startswith(TAG_PART)}
+            if criteria:
+                out[n]["reward_criteria"] = criteria
         if parts:
             out[n]["reward_parts"] = parts
         rationales = [s.rationale for s in mine if s.rationale]
@@ -143,8 +163,9 @@ def check_row(row: Any, where: str, hint: str) -> None:
         checks.append((key, key in row and isinstance(row[key], types),
                        " or ".join("null" if t is type(None) else {str: "a string", list: "a list"}[t]
                                    for t in types)))
-    for key in ("tags", "reward_parts"):
+    for key in ("tags", "reward_parts", "metadata"):
         checks.append((key, isinstance(row.get(key, {}), dict), "an object (or absent)"))
+    checks.append(("multiple", isinstance(row.get("multiple", False), bool), "true or false (or absent)"))
     samples = row.get("samples", [""])
     checks.append(("samples", isinstance(samples, list) and samples and all(isinstance(a, str) for a in samples),
                    "a non-empty list of answer strings (or absent)"))
@@ -232,9 +253,11 @@ def _reward_rows(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def set_values(kind: str, rows: Sequence[dict[str, Any]]) -> SetValues:
-    """One eval set's per-row values from its saved rows (sorted by index): correct / answered (choice, ×100),
-    hit criteria 1-3 (hitrate, ×100), else BLEU/GLEU/ROUGE against the reference and the answers' tokens; plus
-    the reward and its parts where the rows carry them."""
+    """One eval set's per-row values from its saved rows (sorted by index): correct / wrong / unanswerable
+    (choice, ×100: a wrong letter and no letter at all are told apart), hit criteria 1-3 (hitrate, ×100), else
+    BLEU/GLEU/ROUGE against the reference (none when no row has one, as in HealthBench: a score against an empty
+    reference would only say 0) and the answers' tokens; plus the reward and its parts where the rows carry
+    them."""
     from rlmed.eval.choice import choice_rows
     from rlmed.eval.hitrate import HIT_RATE_KEYS, hit_rows
 
@@ -242,13 +265,17 @@ def set_values(kind: str, rows: Sequence[dict[str, Any]]) -> SetValues:
     answers = [r["answer"] for r in rows]
     tokens = None
     if kind == "choice":
-        marks = choice_rows(answers, [r["options"] for r in rows], [r["answer_key"] for r in rows])
-        values = {"accuracy": [100.0 * c for c, _ in marks], "answered": [100.0 * a for _, a in marks]}
+        marks = choice_rows(answers, [r["options"] for r in rows], [r["answer_key"] for r in rows],
+                            [bool(r.get("multiple")) for r in rows])
+        values = {"accuracy": [100.0 * c for c, _ in marks], "wrong": [100.0 * (a and not c) for c, a in marks],
+                  "unanswerable": [100.0 * (not a) for _, a in marks]}
     elif kind == "hitrate":
         met = hit_rows(answers, [r["items"] for r in rows])
         values = {key: [100.0 * m[k] for m in met] for k, key in enumerate(HIT_RATE_KEYS)}
     else:
         values, tokens = _text_values(rows)
+        if all(r["reference"] is None for r in rows):
+            values = {}
     arrays = {k: np.array(v, dtype=np.float64) for k, v in values.items()}
     arrays.update(_reward_rows(rows))
     return SetValues(kind, [r["index"] for r in rows], arrays, tokens, [dict(r.get("tags") or {}) for r in rows])

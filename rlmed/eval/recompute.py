@@ -2,10 +2,10 @@
 
 For every evaluate stage of the run: read generations/<model>.jsonl of each model in results.json, recompute
 the text / choice / hit-rate metrics with rlmed.eval.generations (the functions the stage itself uses, on the
-same rows), the reward means and part means from the scores saved in the rows, and the comparisons, breakdowns
-and stage effects with rlmed.eval.statistics (the same draws: results.json records their seed); replace those
-sections of results.json (written atomically), and re-render report.md. Nothing is generated, so an edited
-answer, a corrected reference or a fixed metric costs seconds, not a GPU run.
+same rows), the reward means and part means from the scores saved in the rows, and the comparisons, breakdowns,
+benchmark scores and stage effects with rlmed.eval.statistics (the same draws: results.json records their seed);
+replace those sections of results.json (written atomically), and re-render report.md. Nothing is generated, so an
+edited answer, a corrected reference or a fixed metric costs seconds, not a GPU run.
 
 Kept as they are, and said so in the log and the report: the reward *scores* (re-scoring needs the reward
 source, and a saved score belongs to the answer it scored, which may have been edited), `pairwise` (needs the

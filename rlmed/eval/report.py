@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rlmed.artifacts import MANIFEST, METRICS, atomic_write_text
+from rlmed.eval.benchmark_scores import benchmark_table, benchmarks_markdown
 from rlmed.eval.bootstrap import lower_is_better
 from rlmed.eval.markdown import Markup, cell, fmt, md_table, metric_label, number
 from rlmed.eval.plot_fonts import plot_fonts
@@ -166,7 +167,7 @@ def _normalise(raw: Any, where: str) -> dict[str, Any]:
         if not isinstance(match, dict):
             raise ReportError(f"{where}: contamination[{index}] should be a JSON object")
     # The statistics sections are optional (a results.json from before they existed has none), but typed.
-    for key, kind in (("comparisons", dict), ("breakdowns", dict), ("stage_effects", list)):
+    for key, kind in (("comparisons", dict), ("breakdowns", dict), ("benchmarks", dict), ("stage_effects", list)):
         if key in results and not isinstance(results[key], kind):
             raise ReportError(f"{where}: '{key}' should be a JSON {'object' if kind is dict else 'array'}, "
                               f"got {type(results[key]).__name__}")
@@ -236,6 +237,7 @@ def tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]
     Always the same keys, rows possibly empty: "comparison" (one row per model, one column per metric),
     "vs_baseline" (one row per model and metric: the change against the baseline with its interval and
     verdict), "stage_effects" (what each stage did), "breakdowns" (per field value, model and metric),
+    "benchmarks" (each choice or benchmark set's score per model, HealthBench's per tag too),
     "pairwise" (each model against the baseline), "contamination" (every match) and "contamination_by_set".
     """
     results = _normalise(results, "results")
@@ -252,8 +254,8 @@ def tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]
               [[name, (results["eval_sets"].get(name) or {}).get("rows"),
                 sum(1 for m in matches if str(m.get("eval_set")) == name)] for name in sets])
     return {"comparison": comparison, "vs_baseline": comparison_table(results), "stage_effects": effect_table(results),
-            "breakdowns": breakdown_table(results), "pairwise": pairwise, "contamination": contamination,
-            "contamination_by_set": by_set}
+            "breakdowns": breakdown_table(results), "benchmarks": benchmark_table(results), "pairwise": pairwise,
+            "contamination": contamination, "contamination_by_set": by_set}
 
 
 # --- markdown -------------------------------------------------------------------------------------------------
@@ -409,10 +411,16 @@ def _markdown(run_dir: Path, stage_id: str, results: dict[str, Any], stages: lis
         lines.append("")
     if results["eval_sets"]:
         lines += ["## Eval sets", ""]
-        lines += md_table(["eval set", "kind", "rows"],
-                           [[name, (info or {}).get("kind"), (info or {}).get("rows")]
-                            for name, info in results["eval_sets"].items()])
+        sets = results["eval_sets"].items()
+        if any((info or {}).get("format") for _, info in sets):  # benchmark sets: say which layout was read
+            lines += md_table(["eval set", "kind", "format", "rows"],
+                              [[name, (info or {}).get("kind"), (info or {}).get("format") or "—",
+                                (info or {}).get("rows")] for name, info in sets])
+        else:
+            lines += md_table(["eval set", "kind", "rows"],
+                              [[name, (info or {}).get("kind"), (info or {}).get("rows")] for name, info in sets])
         lines.append("")
+        lines += benchmarks_markdown(results)
 
     lines += ["## Metrics", ""] + comparison_markdown(results) + [""]
     lines += ["## Against the baseline" + (f" `{baseline}`" if baseline else ""), ""]

@@ -38,12 +38,15 @@ InputType = Literal["model", "data", "file"]
 @dataclass(frozen=True)
 class Input:
     """One declared input. `model`: a model folder or Hub id; `data`: data files (a list, mixable by weight
-    when `many`); `file`: any single file."""
+    when `many`); `file`: any single file. `formats`: the `format:` names a data source of this input may give
+    besides rlmed's row formats (evaluate's benchmark layouts), so a recipe's typo is caught before any stage
+    runs, and no training input accepts a format its converter cannot read."""
 
     type: InputType
     many: bool = False
     required: bool = True
     doc: str = ""
+    formats: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

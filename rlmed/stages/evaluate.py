@@ -1,9 +1,12 @@
 """Stage `evaluate`: the run's models side by side on eval sets, as the papers in our lineage report them.
 
 Each file of `data` is one eval set whose kind follows its rows (methods.md §7): multiple choice (accuracy, the
-letter read from a generated answer or the option scored by log-likelihood), QiZhen hit-rate rows, or prompts
-with the doctor's reply (BLEU, GLEU, ROUGE, Distinct on jieba tokens; optionally a `reward:` source and a
-pairwise `judge` against the baseline). Answers are generated sharded across ranks and saved before anything is
+letter read from a generated answer or the option scored by log-likelihood; wrong and unanswerable outputs
+counted apart), QiZhen hit-rate rows, or prompts with the doctor's reply (BLEU, GLEU, ROUGE, Distinct on jieba
+tokens; optionally a `reward:` source and a pairwise `judge` against the baseline). A set in a public benchmark's
+layout (CMB-Exam, CMExam, MedQA, CMMLU, MedS-Bench, HealthBench, CMB-Clin: its source's `format:`, or detected
+from its columns) is read and prompted as that benchmark does (rlmed.eval.benchmarks) and scored as it reports
+(rlmed.eval.benchmark_scores). Answers are generated sharded across ranks and saved before anything is
 scored, so `rlmed report --recompute` can redo every number from them; every metric is compared with the baseline
 by a paired bootstrap (methods.md §10), and eval rows found in other stages' data are reported as contamination.
 The stage writes results.json and report.md; how the parts fit: docs/architecture.md, "Evaluation".
@@ -11,11 +14,15 @@ The stage writes results.json and report.md; how the parts fit: docs/architectur
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rlmed.eval.benchmarks import BENCHMARK_FORMATS
 from rlmed.stages.base import Input, StageContext, StageSpec
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -46,9 +53,14 @@ class Args:
     max_rows: int | None = None
     """Rows used per eval set (the first N); None: all."""
     few_shot: int = 0
-    """Solved examples put before each multiple-choice question (taken from the set's first rows)."""
+    """Solved examples put before each multiple-choice question: the first rows of the set's `few_shot_from`
+    file, else the set's own first rows (which are then not scored)."""
+    few_shot_from: dict[str, str] = field(default_factory=dict)
+    """Eval set name -> a file of solved examples in the set's own layout (a benchmark's dev split: CMMLU's
+    dev/<subject>.csv, CMB-val); relative paths from the current directory."""
     choice_template: Literal["plain", "meds_ins"] = "plain"
-    """Few-shot layout for multiple choice: plain (questions with their answers), or MedS-Ins' case template."""
+    """Few-shot layout for plain multiple-choice rows: plain (questions with their answers), or MedS-Ins' case
+    template. A benchmark set always uses its benchmark's own layout."""
     choice_scoring: Literal["generate", "loglik"] = "generate"
     """Multiple choice: generate (the model answers, the letter is read from its text), or loglik (each option's
     `choice_continuation` is scored by the model's log-probability after the question and the most probable
@@ -87,6 +99,8 @@ class Args:
                              f"got few_shot={self.few_shot}")
         if not all(isinstance(f, str) and f for f in self.breakdown_by):
             raise ValueError(f"breakdown_by must list eval-row field names, got {self.breakdown_by!r}")
+        if not all(isinstance(v, str) and v.strip() for v in self.few_shot_from.values()):
+            raise ValueError(f"few_shot_from must map eval set names to example files, got {self.few_shot_from!r}")
         bad = {k: v for k, v in self.targets.items() if not isinstance(v, str) or "/" not in v.strip("/")}
         if bad:
             raise ValueError(f"targets must map stage ids to metric keys '<eval set>/<metric>' as in results.json "
@@ -116,7 +130,11 @@ class EvalRow:
     continuations: list[str] | None = None
     """loglik choice scoring: the answer text of every option (rlmed.eval.loglik)."""
     tags: dict[str, Any] = field(default_factory=dict)
-    """The row's breakdown_by fields (rlmed.eval.generations.row_tags)."""
+    """The row's breakdown_by fields (rlmed.eval.generations.row_tags); HealthBench's example_tags too."""
+    multiple: bool = False
+    """A multiple-answer choice row: `answer` holds every correct letter, and only the exact set scores."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """What the reward source reads besides the answer (HealthBench: rubrics, prompt_id)."""
 
     @property
     def text(self) -> str:
@@ -145,19 +163,109 @@ def set_kind(rows: list[dict[str, Any]]) -> str:
     return "generation"
 
 
-def load_eval_set(source: Any, args: Args) -> tuple[str, list[EvalRow]]:
-    """One eval set's kind and rows (few-shot examples already folded into the choice prompts)."""
-    from rlmed.data.dialogues import as_doctor_prompts
+def benchmark_records(source: Any) -> tuple[list[Any], str | None]:
+    """A source's rows, and the benchmark its container says it is (a CMMLU CSV, a MedS-Bench task file: files
+    rlmed.data.records does not read); the other sources through rlmed.data.sources, Hub errors included."""
+    from rlmed.data.columns import rename_rows
     from rlmed.data.sources import source_records
+    from rlmed.eval.benchmarks import read_benchmark_file
+
+    found = read_benchmark_file(source.path) if source.is_local else None
+    if found is None:
+        return source_records(source), None
+    records, fmt = found
+    return list(rename_rows(records, source.columns)), fmt
+
+
+def load_eval_set(source: Any, args: Args, name: str = "") -> tuple[str, list[EvalRow], str | None]:
+    """One eval set's kind, rows (few-shot examples already folded into the choice prompts) and benchmark format
+    (None: rlmed's own row shapes). The format is the source's `format:` when it names a benchmark, else the one
+    its file or first row's columns show (rlmed.eval.benchmarks.detect_benchmark) unless `format:` names a row
+    format."""
+    from rlmed.eval.benchmarks import CHOICE_FORMATS, detect_benchmark
+    from rlmed.eval.generations import row_tags
+
+    records, hint = benchmark_records(source)
+    fmt = source.format if source.format in BENCHMARK_FORMATS else None
+    if source.format is None:
+        fmt = hint or (detect_benchmark(records[0].row) if records else None)
+    if fmt in CHOICE_FORMATS:
+        rows = _benchmark_choice_rows(source, fmt, records, args, name)
+        kind = "choice"
+    elif fmt is not None:
+        from rlmed.eval.benchmarks import cmb_clin_rows, healthbench_row
+
+        kind = "generation"
+        rows = []
+        for r in records:
+            for c in (cmb_clin_rows(r) if fmt == "cmb_clin" else [healthbench_row(r)]):
+                rows.append(EvalRow(c.messages, reference=c.reference, metadata=c.metadata,
+                                    tags={**row_tags(r.row, args.breakdown_by), **c.tags}))
+    else:
+        kind, rows = _plain_rows(source, records, args, name)
+    return kind, rows[: args.max_rows] if args.max_rows is not None else rows, fmt
+
+
+def _few_shot_records(source: Any, args: Args, name: str, records: list[Any]) -> tuple[list[Any], list[Any]]:
+    """(solved examples, rows to score): the first few_shot rows of `few_shot_from[name]`, else of the set."""
+    if name not in args.few_shot_from or not args.few_shot:
+        return records[: args.few_shot], records[args.few_shot:]
+    import dataclasses
+
+    path = Path(args.few_shot_from[name]).expanduser()
+    if not path.exists():
+        raise ValueError(f"args.few_shot_from['{name}']: no such file {path} (relative paths are read from the "
+                         f"current directory)")
+    shots, _ = benchmark_records(dataclasses.replace(source, path=str(path.resolve()), is_local=True, weight=None))
+    if len(shots) < args.few_shot:
+        raise ValueError(f"args.few_shot is {args.few_shot}, but {path} has {len(shots)} example rows")
+    return shots[: args.few_shot], records
+
+
+def _benchmark_choice_rows(source: Any, fmt: str, records: list[Any], args: Args, name: str) -> list[EvalRow]:
+    from rlmed.data.records import DataError
+    from rlmed.eval.benchmarks import choice_item, choice_messages
+    from rlmed.eval.generations import row_tags
+
+    shot_records, scored = _few_shot_records(source, args, name, records)
+    shots = [choice_item(r, fmt) for r in shot_records]
+    rows = []
+    for r in scored:
+        item = choice_item(r, fmt)
+        answers = None
+        if args.choice_scoring == "loglik":
+            if item.multiple:
+                raise DataError(r.path, r.line, "a multiple-answer question cannot be scored by log-likelihood "
+                                                "(it picks one option); use choice_scoring: generate")
+            answers = _continuations(r, item.as_row(), item.options, args)
+        rows.append(EvalRow(choice_messages(fmt, item, shots), options=item.options, answer=item.answer,
+                            continuations=answers, multiple=item.multiple,
+                            tags=row_tags({**r.row, **item.fields}, args.breakdown_by)))
+    return rows
+
+
+def _continuations(record: Any, row: dict[str, Any], options: list[str], args: Args) -> list[str]:
+    from rlmed.data.records import DataError
+    from rlmed.eval.loglik import ContinuationError, continuations
+
+    try:
+        return continuations(args.choice_continuation, row, options)
+    except ContinuationError as exc:
+        raise DataError(record.path, record.line, f"{exc}; fix args.choice_continuation") from None
+
+
+def _plain_rows(source: Any, records: list[Any], args: Args, name: str) -> tuple[str, list[EvalRow]]:
+    """rlmed's own row shapes: choice rows {question, options, answer}, hit-rate rows, doctor prompts."""
+    from rlmed.data.dialogues import as_doctor_prompts
     from rlmed.eval.choice import few_shot_prompt, meds_ins_prompt, zero_shot_prompt
     from rlmed.eval.generations import row_tags
 
-    records = source_records(source)
     kind = set_kind([r.row for r in records])
     rows: list[EvalRow] = []
     if kind == "choice":
+        shot_records, scored = _few_shot_records(source, args, name, records)
         shots = [{"question": r.row["question"], "options": r.row["options"], "answer": r.row["answer"]}
-                 for r in records[: args.few_shot]]
+                 for r in shot_records]
 
         def prompt_of(row: dict[str, Any]) -> str:
             if args.choice_template == "meds_ins":
@@ -167,18 +275,11 @@ def load_eval_set(source: Any, args: Args) -> tuple[str, list[EvalRow]]:
                 return few_shot_prompt(row["question"], row["options"], shots)
             return zero_shot_prompt(row["question"], row["options"])
 
-        for r in records[args.few_shot:]:
-            prompt = prompt_of(r.row)
+        for r in scored:
             answers = None
             if args.choice_scoring == "loglik":
-                from rlmed.data.records import DataError
-                from rlmed.eval.loglik import ContinuationError, continuations
-
-                try:
-                    answers = continuations(args.choice_continuation, r.row, list(r.row["options"]))
-                except ContinuationError as exc:
-                    raise DataError(r.path, r.line, f"{exc}; fix args.choice_continuation") from None
-            rows.append(EvalRow([{"role": "user", "content": prompt}], options=list(r.row["options"]),
+                answers = _continuations(r, r.row, list(r.row["options"]), args)
+            rows.append(EvalRow([{"role": "user", "content": prompt_of(r.row)}], options=list(r.row["options"]),
                                 answer=str(r.row["answer"]).strip(), continuations=answers,
                                 tags=row_tags(r.row, args.breakdown_by)))
     elif kind == "hitrate":
@@ -187,7 +288,7 @@ def load_eval_set(source: Any, args: Args) -> tuple[str, list[EvalRow]]:
     else:
         rows = [EvalRow(p.messages, reference=p.reference, tags=row_tags(r.row, args.breakdown_by))
                 for r in records for p in as_doctor_prompts(r, source.format)]
-    return kind, rows[: args.max_rows] if args.max_rows is not None else rows
+    return kind, rows
 
 
 def training_texts(run_dir: Path, own_id: str):
@@ -227,7 +328,8 @@ def saved_rows(mine: list[tuple[str, int, str, EvalRow]], texts: list[list[str]]
     from rlmed.eval.generations import saved_row
 
     return [saved_row(s, i, kind, row.messages, answers[0], reference=row.reference, options=row.options,
-                      answer_key=row.answer, items=row.items, tags=row.tags, samples=answers)
+                      answer_key=row.answer, items=row.items, tags=row.tags, samples=answers,
+                      multiple=row.multiple, metadata=row.metadata)
             for (s, i, kind, row), answers in zip(mine, texts)]
 
 
@@ -319,7 +421,18 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     baseline = args.baseline or next(iter(models))
     if baseline not in models:
         raise ValueError(f"args.baseline '{baseline}' is not one of the models: {', '.join(models)}")
-    sets = {Path(s.path).stem: load_eval_set(s, args) for s in inputs["data"]}
+    names = [Path(str(s.path)).stem for s in inputs["data"]]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ValueError(f"eval sets are named by their file names, and {', '.join(clashes)} names two or more "
+                         f"files; rename one (results, generations and the report key every number by set name)")
+    unknown = sorted(set(args.few_shot_from) - set(names))
+    if unknown:
+        raise ValueError(f"args.few_shot_from names {', '.join(unknown)}, which is not an eval set of this stage "
+                         f"({', '.join(names)})")
+    loaded = {name: load_eval_set(s, args, name) for name, s in zip(names, inputs["data"])}
+    sets = {name: (kind, rows) for name, (kind, rows, _) in loaded.items()}
+    formats = {name: fmt for name, (_, _, fmt) in loaded.items() if fmt is not None}
     check_targets(args.targets, models, list(sets))
     settings = SimpleNamespace(samples_per_prompt=1, temperature=args.temperature, top_p=args.top_p,
                                batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
@@ -330,6 +443,14 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     # Built on every rank: each scores its own rows, a judge appending to its own cache shard (the rank).
     source = (build_reward_source(ctx.reward, ctx.run_dir, ctx.stage_dir)
               if ctx.reward is not None and generation_sets else None)
+    if source is None and "healthbench" in formats.values():
+        logger.warning("evaluate: HealthBench sets are answered but not graded: the stage has no reward: block (a "
+                       "rubric judge, e.g. reward.rubric.RubricJudge with clip: false)")
+    if source is not None and getattr(source, "clip", False) is True and "healthbench" in formats.values():
+        # A clipped per-example score hides how far below 0 an answer's mistakes took it; HealthBench clips only
+        # the mean. Warned, not refused: a clipped score is still a score.
+        logger.warning("evaluate: the reward source clips each example's score to 0..1; HealthBench averages the "
+                       "unclipped scores and clips the mean (give the rubric judge clip: false)")
 
     used: dict[str, dict[str, Any]] = {name: {} for name in models}  # generation settings, filled per model
     saved = {name: generate_sharded(ctx, name, path, sets, settings, source, used[name])
@@ -347,6 +468,9 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
         "baseline": baseline,
         "models": {name: {"path": path, "stage": Path(path).parent.name} for name, path in models.items()},
         "eval_sets": {s: {"rows": len(rows), "kind": kind,
+                          **({"format": formats[s]} if s in formats else {}),
+                          **({"multiple_answer_rows": sum(r.multiple for r in rows)}
+                             if any(r.multiple for r in rows) else {}),
                           **({"scoring": args.choice_scoring} if kind == "choice" else {}),
                           **({"continuation": args.choice_continuation}
                              if kind == "choice" and args.choice_scoring == "loglik" else {}),
@@ -398,7 +522,9 @@ SPEC = StageSpec(
     args=Args,
     inputs={
         "models": Input("model", many=True, doc="the models to compare: $stage.model references or folders"),
-        "data": Input("data", many=True, doc="eval sets, one per file: dialogues with references, choice, hit-rate"),
+        "data": Input("data", many=True, formats=BENCHMARK_FORMATS,
+                      doc="eval sets, one per file: dialogues with references, choice, hit-rate, or a benchmark's "
+                          "own layout (format: cmb_exam, cmexam, medqa, cmmlu, meds_bench, healthbench, cmb_clin)"),
     },
     outputs={"results": "results.json", "report": "report.md"},
     run=run,

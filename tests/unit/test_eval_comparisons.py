@@ -39,7 +39,8 @@ def test_every_metric_and_reward_part_is_compared_with_the_baseline(values):
     assert set(found) == {"tuned"}
     metrics, reward = summarise_model(values["tuned"])
     assert set(found["tuned"]) == set(metrics) | set(reward)  # BLEU..Distinct, accuracy, reward and its parts
-    assert {"d/distinct_1", "d/distinct_2", "m/answered", "d/reward.rules.referral", "d/reward_mean"} <= set(found["tuned"])
+    assert {"d/distinct_1", "d/distinct_2", "m/unanswerable", "d/reward.rules.referral",
+            "d/reward_mean"} <= set(found["tuned"])
     base_metrics, base_reward = summarise_model(values["base"])
     for key, e in found["tuned"].items():
         change = {**metrics, **reward}[key] - {**base_metrics, **base_reward}[key]

@@ -26,7 +26,7 @@ def rows() -> list[dict]:
 
 def test_model_metrics_score_each_set_by_its_kind():
     out = model_metrics(rows(), {"d": "generation", "m": "choice", "k": "hitrate"})
-    assert out["m/accuracy"] == 50.0 and out["m/answered"] == 100.0
+    assert out["m/accuracy"] == 50.0 and out["m/wrong"] == 50.0 and out["m/unanswerable"] == 0.0
     assert {k: out[f"k/{k}"] for k in hit_rates(["儿童发热可用"], [["儿童发热", "疼痛"]])} == \
         hit_rates(["儿童发热可用"], [["儿童发热", "疼痛"]])
     expected = text_metrics(["多喝水，及时就医。", "三天不退请就医"], ["多喝水，及时就医。", "观察"])
