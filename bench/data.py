@@ -50,6 +50,10 @@ Figures:
   rows x longest^2; on a small model that outweighs the padding saved.
 
 Writes bench/results/data.json.
+
+`python -m bench.data --scale [--sizes 200000,1000000]` measures the preparation at scale instead (rlmed's
+cached Arrow path, its reuse by a second rank, and trl's `datasets` path, each in a fresh process, for time and
+peak memory): see bench/data_scale.py.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ import platform
 import random
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -266,7 +271,15 @@ def step_figures(model_dir: Path, layouts: dict[str, tuple[Any, bool, bool]], pa
 # --- main -------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--scale" in argv:  # the at-scale benchmark, with its own options
+        from bench.data_scale import main as scale_main
+
+        return scale_main([a for a in argv if a != "--scale"])
     ap = argparse.ArgumentParser(description="SFT data preparation: rlmed's path vs trl's, rows/s and padding")
+    ap.add_argument("--scale", action="store_true",
+                    help="measure preparation at scale instead (bench/data_scale.py; its options: --sizes, "
+                         "--num-proc, --mean-chars, --out, ...)")
     ap.add_argument("--n", type=int, default=2000, help="dialogues")
     ap.add_argument("--repeats", type=int, default=5, help="measured runs of each path (alternated)")
     ap.add_argument("--max-length", type=int, default=1024, help="trl's max_length (the packed row length)")

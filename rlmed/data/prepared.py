@@ -20,6 +20,7 @@ unless RLMED_DATA_CACHE names another place (e.g. a node-local disk); deleting i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -92,12 +93,19 @@ class DataCache:
         self.hashes.save()
         return found
 
+    def _name(self, kind: str, parts: dict[str, Any]) -> str:
+        return f"{kind}-{stable_hash({'version': CACHE_VERSION, **parts})[:32]}"
+
+    def find(self, kind: str, parts: dict[str, Any]) -> dict[str, Any] | None:
+        """The record of the published entry made from `parts`, or None; builds nothing."""
+        return self._read_record(self.root / self._name(kind, parts))
+
     def entry(self, kind: str, parts: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict]:
         """The published folder of the entry made from `parts`, built by `build(folder)` (which writes its files
         there and returns what the record should say) when no process has built it yet; and its record."""
         from filelock import FileLock
 
-        name = f"{kind}-{stable_hash({'version': CACHE_VERSION, **parts})[:32]}"
+        name = self._name(kind, parts)
         final = self.root / name
         found = self._read_record(final)
         if found is None:
@@ -204,21 +212,41 @@ def open_files(folder: Path, names: Sequence[str]) -> Any:
 
 
 class ArrowItems(Sequence, Generic[T]):
-    """A read-only sequence of items held in an Arrow dataset's `item` column (JSON, decoded on access), so
-    stage code written for lists keeps working; `key` names its content for caches built from it."""
+    """A read-only sequence of items held in the `item` column (JSON, decoded on access) of prepared sources'
+    Arrow files, in a mix's order, so stage code written for lists keeps working.
 
-    def __init__(self, dataset: Any, decode: Callable[[Any], T], key: str):
-        self.dataset = dataset
+    `parts` are the sources' entries (folder name, row count) in the cache `root`, laid end to end; `indices`
+    the rows taken, in order, as positions in that concatenation. Keeping them apart (rather than one selected
+    Dataset) lets :func:`cached_map` work on each source in file order: every worker reads its own contiguous
+    share, and the result is cached per source, whatever the mix, seed or split. `key` names the content."""
+
+    def __init__(self, root: Path, parts: Sequence[tuple[str, int]], indices: Any, decode: Callable[[Any], T],
+                 key: str):
+        import numpy as np
+
+        self.root = Path(root)
+        self.parts = list(parts)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.offsets = np.cumsum([0] + [n for _, n in self.parts])[:-1]
         self.decode = decode
         self.key = key
+        self._dataset: Any = None
+
+    @property
+    def dataset(self) -> Any:
+        """The items as one Dataset (`item` column) in this sequence's order: the sources' files, selected."""
+        if self._dataset is None:
+            base = open_files(self.root, [f"{name}/rows.arrow" for name, _ in self.parts])
+            self._dataset = base.select(self.indices)
+        return self._dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.indices)
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             rows = range(len(self))[index]
-            return ArrowItems(self.dataset.select(rows), self.decode,
+            return ArrowItems(self.root, self.parts, self.indices[index], self.decode,
                               stable_hash([self.key, rows.start, rows.stop, rows.step]))
         if index < 0:
             index += len(self)
@@ -237,30 +265,63 @@ class ArrowItems(Sequence, Generic[T]):
 
 def cached_map(cache: DataCache, kind: str, items: ArrowItems, function: Callable[[list[Any]], dict[str, list]],
                parts: dict[str, Any], features: Any, desc: str) -> Any:
-    """`function` (decoded items of a batch -> columns) over `items`, through `datasets.map` with worker
-    processes, cached as an entry keyed by the items' key and `parts` (the function's settings, e.g. the
-    tokenizer's hash); a memory-mapped Dataset with the columns `features` declares."""
-    n = len(items)
+    """`function` (decoded items of a batch -> columns) over `items`: a memory-mapped Dataset with the columns
+    `features` declares (None: inferred), in `items`' order.
+
+    Each source is mapped on its own, in file order, over the rows the items take from it (all of them, in the
+    usual mix), by `datasets.map` with worker processes, and cached as an entry keyed by that source's entry,
+    the rows and `parts` (the function's settings, e.g. the tokenizer's hash); the mix's order is then a
+    selection of the results. A new seed, split or mix of the same sources reuses the mapped rows."""
+    import numpy as np
+    from datasets import Dataset, concatenate_datasets
+
+    mapped_parts = []
+    positions = np.empty(len(items.indices), dtype=np.int64)
+    done = 0
+    for (name, n_rows), offset in zip(items.parts, items.offsets):
+        inside = (items.indices >= offset) & (items.indices < offset + n_rows)
+        local = items.indices[inside] - offset
+        rows = np.unique(local)  # sorted: file order
+        if not len(rows):
+            continue
+        whole = {"rows": name, "subset": "all", **parts}
+        source = Dataset.from_file(str(cache.root / name / "rows.arrow"))
+        # Map the whole source when the items take most of it, or when that is done already (a validation split
+        # after its training split): one pass per source serves every split and seed. A small sample of a large
+        # source maps only its own rows.
+        if 2 * len(rows) >= n_rows or cache.find(kind, whole) is not None:
+            mapped_parts.append(_map_entry(cache, kind, source, items.decode, function, whole, features, desc))
+            positions[inside] = done + local
+            done += n_rows
+        else:
+            subset = {**whole, "subset": hashlib.sha256(rows.tobytes()).hexdigest()}
+            mapped_parts.append(_map_entry(cache, kind, source.select(rows), items.decode, function, subset,
+                                           features, desc))
+            positions[inside] = done + np.searchsorted(rows, local)
+            done += len(rows)
+    if not mapped_parts:
+        return Dataset.from_dict({})
+    whole = mapped_parts[0] if len(mapped_parts) == 1 else concatenate_datasets(mapped_parts)
+    return whole.select(positions)
+
+
+def _map_entry(cache: DataCache, kind: str, source: Any, decode: Callable[[Any], Any],
+               function: Callable[[list[Any]], dict[str, list]], parts: dict[str, Any], features: Any,
+               desc: str) -> Any:
+    """One source's rows mapped by `function` into a cache entry (built once), memory-mapped."""
+    n = len(source)
 
     def build(folder: Path) -> dict[str, Any]:
-        decode = items.decode
-
         def batch(rows: dict[str, list]) -> dict[str, list]:
             return function([decode(json.loads(text)) for text in rows["item"]])
 
         num_proc = default_num_proc(n)
-        mapped = items.dataset.map(batch, batched=True, batch_size=WRITE_BATCH, remove_columns=["item"],
-                                   features=features, num_proc=num_proc if num_proc > 1 else None,
-                                   cache_file_name=str(folder / "data.arrow"), load_from_cache_file=False,
-                                   new_fingerprint=stable_hash([items.key, parts])[:32], desc=desc)
-        files = [Path(f["filename"]).name for f in mapped.cache_files]
-        if not files:  # datasets kept it in memory (0 rows): write it out so the entry is a file like the rest
-            mapped.to_parquet(str(folder / "data.parquet"))
-        return {"files": files, "rows": len(mapped), "num_proc": num_proc}
+        mapped = source.map(batch, batched=True, batch_size=WRITE_BATCH, remove_columns=["item"],
+                            features=features, num_proc=num_proc if num_proc > 1 else None,
+                            cache_file_name=str(folder / "data.arrow"), load_from_cache_file=False,
+                            new_fingerprint=stable_hash(parts)[:32], desc=desc)
+        return {"files": [Path(f["filename"]).name for f in mapped.cache_files], "rows": len(mapped),
+                "num_proc": num_proc}
 
-    folder, record = cache.entry(kind, {"items": items.key, **parts}, build)
-    if not record["files"]:
-        from datasets import Dataset
-
-        return Dataset.from_parquet(str(folder / "data.parquet"), keep_in_memory=True)
+    folder, record = cache.entry(kind, parts, build)
     return open_files(folder, record["files"])

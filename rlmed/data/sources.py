@@ -22,7 +22,7 @@ from rlmed.data.columns import rename_rows
 from rlmed.data.dialogues import DoctorPrompt, as_doctor_prompts
 from rlmed.data.formats import as_messages, as_text
 from rlmed.data.mixing import MixPlan, MixResult, plan_mix
-from rlmed.data.prepared import ArrowItems, Codec, DataCache, open_files, write_items
+from rlmed.data.prepared import ArrowItems, Codec, DataCache, write_items
 from rlmed.data.pairwise import Pair, as_pair
 from rlmed.artifacts import stable_hash
 from rlmed.data.records import DataError, Record, Row, iter_records
@@ -183,10 +183,9 @@ def load_sources(sources: Sequence[DataSource], convert: Callable[[Record, str |
     if cache is not None and isinstance(convert, Codec):
         import numpy as np
 
-        dataset = open_files(cache.root, [f"{folder.name}/rows.arrow" for folder, _ in per_source])
-        mixed = dataset if keep_order else dataset.select(np.frombuffer(plan.order, dtype=np.int64))
         key = stable_hash({"sources": [folder.name for folder, _ in per_source], "order": plan.digest()})
-        items: Sequence[Any] = ArrowItems(mixed, convert.decode, key)
+        items: Sequence[Any] = ArrowItems(cache.root, [(folder.name, record["rows"]) for folder, record in per_source],
+                                          np.frombuffer(plan.order, dtype=np.int64), convert.decode, key)
     else:
         flat = [item for c in converted for item in c.items]
         items = [flat[index] for index in plan.order]

@@ -68,10 +68,19 @@ def test_tokenised_through_the_cache_equals_the_list_path(tmp_path, tiny_tokeniz
         assert len(got) == len(expected)
         for column in ("input_ids", "assistant_masks", "labels"):
             assert got[column] == expected[column], column
+    # Each source is tokenised once, in file order, for both splits; the validation split reuses it.
     tokens = [e for e in cache.events() if e["entry"].startswith("tokens-")]
-    assert [e["action"] for e in tokens] == ["prepared", "prepared"]
-    record = json.loads((cache.root / tokens[0]["entry"] / "record.json").read_text())
-    assert record["num_proc"] == 2 and len(record["files"]) == 2  # really split over two workers
+    assert [e["action"] for e in tokens] == ["prepared"] * 3 + ["reused"] * 3
+    assert len({e["entry"] for e in tokens}) == 3
+    biggest = max((json.loads((cache.root / e["entry"] / "record.json").read_text()) for e in tokens),
+                  key=lambda record: record["rows"])
+    assert biggest["num_proc"] == 2 and len(biggest["files"]) == 2  # really split over two workers
+    # Another seed mixes the same sources differently: nothing is tokenised again, and the ids still match.
+    reseeded = load_sources(sources, dialogue, seed=4, cache=cache).items
+    again = tokenize_all(tiny_tokenizer, reseeded[n_eval:], "arrow", cache)
+    assert again["input_ids"] == tokenize_all(tiny_tokenizer, load_sources(sources, dialogue, seed=4).items[n_eval:],
+                                              "list")["input_ids"]
+    assert all(e["action"] == "reused" for e in cache.events()[len(tokens) + 3:])
 
 
 def test_a_second_load_reuses_and_a_changed_file_or_setting_prepares_anew(tmp_path):
