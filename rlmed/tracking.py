@@ -165,8 +165,9 @@ class StageRun:
         self.run = wandb.init(
             project=settings.project, entity=settings.entity, tags=settings.tags or None,
             group=settings.group or recipe_name, job_type=kind, name=stage_id, config=redact(config),
-            # The user's WANDB_DIR wins (W&B reads it when no dir is given); else the run folder, beside its stages.
-            dir=None if os.environ.get("WANDB_DIR") else str(run_dir), mode=settings.mode, reinit="create_new",
+            # The user's WANDB_DIR wins, else the run folder, beside its stages. Passed explicitly: W&B reads the
+            # variable once per process (its settings singleton), so a later change would go unseen.
+            dir=os.environ.get("WANDB_DIR") or str(run_dir), mode=settings.mode, reinit="create_new",
         )
         mode = str(self.run.settings.mode)
         if self.text_tables == "raw" and mode not in (*LOCAL_MODES, "dryrun"):  # whatever overrode the recipe
