@@ -437,6 +437,7 @@ def _markdown(run_dir: Path, stage_id: str, results: dict[str, Any], stages: lis
     else:
         lines += ["_No pairwise judgements in results.json._", ""]
     lines += _spaced(sections.get("pairwise", []))
+    lines += doctors_lines(run_dir)
 
     lines += ["## Contamination", ""]
     matches = table["contamination"][1]
@@ -463,6 +464,15 @@ def _markdown(run_dir: Path, stage_id: str, results: dict[str, Any], stages: lis
     lines += ["---", "", (f"_Generated {when} by rlmed.eval.report from `{run_dir / stage_id / RESULTS}` and the "
                           f"stages' metrics.jsonl and manifest.json; `rlmed report {run_dir}` regenerates it._")]
     return lines
+
+
+def doctors_lines(run_dir: Path) -> list[str]:
+    """The "Doctors" section when the run has a review (`rlmed review`): win rates, judge-doctor and
+    inter-annotator agreement from the labels given so far; nothing otherwise. Imported here, not at the top:
+    rlmed.review builds on rlmed.eval."""
+    from rlmed.review.report import doctors_markdown, run_section
+
+    return doctors_markdown(run_section(run_dir) or {})
 
 
 def _spaced(items: list[str]) -> list[str]:

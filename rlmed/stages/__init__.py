@@ -16,6 +16,7 @@ BUILTIN = {
     "rloo": "rlmed.stages.rloo",
     "ppo": "rlmed.stages.ppo",
     "dpo": "rlmed.stages.dpo",
+    "kto": "rlmed.stages.kto",
     "mole": "rlmed.stages.mole",
     "evaluate": "rlmed.stages.evaluate",
     "kb_instructions": "rlmed.stages.kb_instructions",
