@@ -26,7 +26,7 @@ REF_PATTERN = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_]*
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 FILE_SUFFIXES = {".jsonl", ".json", ".txt", ".csv", ".tsv", ".parquet", ".arrow", ".yaml", ".yml",
                  ".safetensors", ".bin", ".pt", ".jinja", ".md"}
-DATA_SOURCE_KEYS = ("path", "weight", "format", "columns", "on_bad_rows", "text_unit")
+DATA_SOURCE_KEYS = ("path", "weight", "format", "columns", "on_bad_rows", "text_unit", "config", "split")
 ON_BAD_ROWS = ("fail", "skip")
 TEXT_UNITS = ("line", "paragraph")
 
@@ -169,7 +169,12 @@ def _data_sources(value: Any, declared: Input, where: str, recipe_path: Path, ea
             continue
         if columns is False:
             continue
-        extra = {"columns": columns, "on_bad_rows": on_bad_rows, "text_unit": text_unit}
+        hub = {key: spec[key] for key in ("config", "split") if key in spec}
+        bad = [key for key, value in hub.items() if not isinstance(value, str) or not value.strip()]
+        if bad:
+            problems.append(f"{here}.{bad[0]}: expected the name of a Hub dataset's {bad[0]}, got {hub[bad[0]]!r}")
+            continue
+        extra = {"columns": columns, "on_bad_rows": on_bad_rows, "text_unit": text_unit, **hub}
         if not isinstance(path, str) or not path.strip():
             problems.append(f"{here}: expected a data file path, a Hub dataset id or $stage.output")
             continue

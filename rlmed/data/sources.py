@@ -57,6 +57,9 @@ class DataSource:
     # How a .txt file splits into documents: one per line (as datasets' text loader, MedicalGPT and LLaMA-Factory
     # read them) or one per blank-line-separated paragraph. Other formats ignore it.
     text_unit: Literal["line", "paragraph"] = "line"
+    # A Hub dataset's configuration (e.g. shibing624/medical's finetune) and split; local files ignore them.
+    config: str | None = None
+    split: str = "train"
 
 
 @dataclass
@@ -72,7 +75,7 @@ def _hub_rows(source: DataSource) -> Iterator[Row]:
     try:
         from datasets import load_dataset
 
-        table = load_dataset(source.path, split="train")
+        table = load_dataset(source.path, source.config, split=source.split)
     except Exception as exc:  # no hub here, a typo, or a gated dataset: all need the user to act
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise DataError(source.path, None,
@@ -201,7 +204,8 @@ def load_sources(sources: Sequence[DataSource], convert: Callable[[Record, str |
 
 def _prepared_source(cache: DataCache, source: DataSource, codec: Codec[Any]) -> tuple[Path, dict[str, Any]]:
     """One source converted into the cache (or found there): its entry folder and record."""
-    content = cache.content_hash(source.path) if source.is_local else f"hub:{source.path}"
+    hub = f"hub:{source.path}:{source.config}:{source.split}"
+    content = cache.content_hash(source.path) if source.is_local else hub
     # The path too: rows remember it (in bad-row messages, and a converter may read it, e.g. mole's task name).
     parts = {"path": source.path, "content": content, "columns": source.columns, "format": source.format,
              "on_bad_rows": source.on_bad_rows, "text_unit": source.text_unit, "converter": codec.name}

@@ -31,6 +31,24 @@ def test_full_size_dry_run_reports_only_the_absent_user_data_files(monkeypatch, 
     assert reported == absent  # the 7B Hub id, the DeepSpeed config, trainer fields, the judge: all fine
 
 
+def test_public_data_recipe_validates_offline_with_hub_configs_and_splits(monkeypatch, capsys, tmp_path):
+    """recipes/public_medical.yaml names only Hub datasets and models: its dry run needs no network and no file."""
+    monkeypatch.chdir(ROOT)
+    assert main(["run", "recipes/public_medical.yaml", "--dry-run", "--run-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    for stage in ("cpt (pretrain)", "sft (sft)", "rm (reward_model)", "grpo (grpo)", "dpo (dpo)", "eval (evaluate)"):
+        assert f"] {stage}:" in out
+    assert "in  pairs: shibing624/medical" in out and "in  data: FreedomIntelligence/CMB" in out
+    from rlmed.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "public_medical.yaml")
+    pairs = recipe.stage("rm").inputs["pairs"][0]
+    assert (pairs.config, pairs.split, pairs.is_local) == ("reward", "train", False)
+    assert pairs.columns == {"prompt": "question", "chosen": "response_chosen", "rejected": "response_rejected"}
+    assert recipe.stage("eval").inputs["data"][0].split == "val"
+    assert not (tmp_path / "run").exists()
+
+
 def test_tiny_dry_run_plans_every_stage_and_loads_nothing(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(ROOT)
     assert main(["run", "recipes/tiny.yaml", "--dry-run", "--run-dir", str(tmp_path / "run")]) == 0

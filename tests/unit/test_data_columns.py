@@ -121,4 +121,5 @@ def test_text_unit_is_checked_and_reaches_the_source(tmp_path):
 
 def test_an_unknown_data_source_key_lists_the_accepted_ones(tmp_path):
     line = one_problem(tmp_path, {"path": "qa.jsonl", "colums": {}})
-    assert "unknown key(s) colums (a data source takes: path, weight, format, columns, on_bad_rows, text_unit)" in line
+    assert ("unknown key(s) colums (a data source takes: path, weight, format, columns, on_bad_rows, text_unit, "
+            "config, split)") in line
