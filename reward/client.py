@@ -353,7 +353,7 @@ class ChatClient:
                         # Built here, raised below, outside this handler: raised inside it, the error would
                         # keep `exc` as its __context__, and with it the request and its Authorization header.
                         fatal = JudgeError(f"HTTP {status} from {self.base_url} (not retried): "
-                                           f"{self._redact(str(exc), 300)}", kind="http", status=status,
+                                           f"{self._redact(_status_text(exc), 300)}", kind="http", status=status,
                                            attempts=before + attempt + 1)
                     else:
                         self.stats.rate_limited += status == 429
@@ -454,6 +454,18 @@ class ChatClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _status_text(exc: openai.APIStatusError) -> str:
+    """str(exc) ("Error code: 400 - <the body's error message>"), with the body's `detail` when that is text the
+    openai package left out: FastAPI servers (transformers serve, ...) explain a 4xx there only, e.g. "The prompt
+    has 2121 tokens, but the model takes at most 2048". A `detail` that is not text is left out: a validation
+    error's list quotes the request it rejects."""
+    text, body = str(exc), exc.body
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str) and detail.strip() and detail.strip() not in text:
+        text = f"{text} - {detail.strip()}"
+    return text
 
 
 class _MalformedReply(Exception):

@@ -163,6 +163,25 @@ def test_a_raised_http_error_keeps_no_original_exception_request_or_headers(keye
     assert pickle.loads(pickle.dumps(info.value)).status == 401  # it can cross a process boundary, whole
 
 
+def test_a_fastapi_servers_detail_is_shown_redacted_and_a_validation_list_quoting_the_request_is_not(keyed):
+    # transformers serve says why in `detail` only ({"detail": "The prompt has 2121 tokens, ..."}), which the
+    # openai package leaves out of its text; FastAPI's 422 lists the fields it rejects with the request's values.
+    def respond(path: str, headers: dict[str, str], body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if body["messages"][-1]["content"] == "long":
+            return 400, {"detail": f"The prompt has 2121 tokens, but the model takes at most 2048 ({KEY})"}
+        return 422, {"detail": [{"loc": ["body", "messages"], "input": body["messages"], "msg": "bad"}]}
+
+    with EchoServer(respond) as server:
+        client = ChatClient(f"http://127.0.0.1:{server.port}/v1", "judge", api_key_env=keyed, progress=False)
+        asked = [ChatRequest([{"role": "user", "content": text}]) for text in ("long", "孩子发烧38.5度")]
+        long, invalid = run(client.chat_many(asked))
+    assert isinstance(long, JudgeError) and long.status == 400
+    assert "Error code: 400 - The prompt has 2121 tokens, but the model takes at most 2048 (***)" in str(long)
+    assert isinstance(invalid, JudgeError) and invalid.status == 422 and "发烧" not in str(invalid)
+    for err in (long, invalid):
+        assert_clean(err, [KEY])
+
+
 def test_partial_keys_and_credential_values_are_redacted():
     token = "tok-9f8e7d6c5b4a3210"
     text = (f"key ...{KEY[-20:]} / {KEY[:12]}*** ; Authorization: Basic dXNlcjpwYXNz ; "
