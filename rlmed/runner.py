@@ -258,9 +258,7 @@ class Runner:
             where = f" on rank {dist.rank()}" if dist.world_size() > 1 else ""
             error = RunError(f"stage '{stage.id}' ({stage.kind}) failed{where}: {type(exc).__name__}: {exc}")
             if dist.is_main():
-                atomic_write_json(stage_dir / FAILED, {"error": redact(str(error)),
-                                                       "at": datetime.now(timezone.utc).isoformat()})
-                (stage_dir / RUNNING).unlink(missing_ok=True)
+                _mark_failed(stage_dir, error)
             raise error from exc
         finally:
             logging.getLogger().removeHandler(handler)
@@ -274,8 +272,7 @@ class Runner:
         if missing:
             error = RunError(f"stage '{stage.id}' ({stage.kind}) finished without writing its output "
                              f"{', '.join(missing)}")
-            atomic_write_json(stage_dir / FAILED, {"error": str(error), "at": datetime.now(timezone.utc).isoformat()})
-            (stage_dir / RUNNING).unlink(missing_ok=True)
+            _mark_failed(stage_dir, error)
             raise error
         duration = time.monotonic() - t0
         manifest = {
@@ -310,6 +307,13 @@ class Runner:
         logger.info("stage %s (%s) done in %.1fs%s; outputs in %s", stage.id, stage.kind, duration,
                     f": {summary}" if summary else "", stage_dir)
         return manifest
+
+
+def _mark_failed(stage_dir: Path, error: Exception) -> None:
+    """failed.json (the redacted error) in place of running.json, for `rlmed status`."""
+    record = {"error": redact(str(error)), "at": datetime.now(timezone.utc).isoformat()}
+    atomic_write_json(stage_dir / FAILED, record)
+    (stage_dir / RUNNING).unlink(missing_ok=True)
 
 
 def _short(value: float) -> str:
