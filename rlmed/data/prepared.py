@@ -183,24 +183,33 @@ def _describe(parts: dict[str, Any]) -> str:
     return str(parts.get("columns", "derived"))
 
 
-def write_items(path: Path, items: Iterator[Any], encode: Callable[[Any], Any]) -> int:
-    """Write items as one JSON text column `item` of an Arrow stream file, a batch at a time; the row count."""
+def write_column(path: Path, name: str, arrow_type: Any, values: Iterator[Any]) -> int:
+    """Write `values` as the one column `name` of an Arrow stream file, a record batch at a time (so memory
+    does not grow with the file); the row count."""
     import pyarrow as pa
 
-    schema = pa.schema([("item", pa.large_string())])
+    schema = pa.schema([(name, arrow_type)])
     count = 0
-    batch: list[str] = []
+    batch: list[Any] = []
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for item in items:
-            batch.append(json.dumps(encode(item), ensure_ascii=False))
+        for value in values:
+            batch.append(value)
             if len(batch) >= WRITE_BATCH:
-                writer.write_batch(pa.record_batch([pa.array(batch, pa.large_string())], schema=schema))
+                writer.write_batch(pa.record_batch([pa.array(batch, arrow_type)], schema=schema))
                 count += len(batch)
                 batch = []
         if batch:
-            writer.write_batch(pa.record_batch([pa.array(batch, pa.large_string())], schema=schema))
+            writer.write_batch(pa.record_batch([pa.array(batch, arrow_type)], schema=schema))
             count += len(batch)
     return count
+
+
+def write_items(path: Path, items: Iterator[Any], encode: Callable[[Any], Any]) -> int:
+    """Write items as one JSON text column `item` of an Arrow stream file; the row count."""
+    import pyarrow as pa
+
+    return write_column(path, "item", pa.large_string(),
+                        (json.dumps(encode(item), ensure_ascii=False) for item in items))
 
 
 def open_files(folder: Path, names: Sequence[str]) -> Any:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 __all__ = ["DataSource", "SourceRows", "scan_source", "source_records", "convert_source", "load_sources",
-           "bad_row_metrics", "dialogue", "text", "pair", "doctor_prompts"]
+           "bad_row_metrics", "flat_doctor_prompts", "dialogue", "text", "pair", "doctor_prompts"]
 
 # How many bad-row messages are kept for logs and manifests; the count covers the rest.
 MAX_REASONS = 5
@@ -165,7 +165,8 @@ def load_sources(sources: Sequence[DataSource], convert: Callable[[Record, str |
     is converted once into the cache, and the result's `items` is an ArrowItems sequence over the memory-mapped
     rows, mixed in the same order as the in-memory path gives.
     """
-    if cache is not None and isinstance(convert, Codec):
+    arrow = cache is not None and isinstance(convert, Codec)
+    if arrow:
         per_source = [_prepared_source(cache, source, convert) for source in sources]
         sizes = [record["rows"] for _, record in per_source]
         converted = [SourceRows(items=[], bad_rows=record["bad_rows"], reasons=record["reasons"])
@@ -183,7 +184,7 @@ def load_sources(sources: Sequence[DataSource], convert: Callable[[Record, str |
             weights = [s.weight or 0.0 for s in sources]
         plan = plan_mix(sizes, weights, seed=seed, total=total)
     source_ids = plan.source_ids()
-    if cache is not None and isinstance(convert, Codec):
+    if arrow:
         import numpy as np
 
         key = stable_hash({"sources": [folder.name for folder, _ in per_source], "order": plan.digest()})
@@ -216,6 +217,15 @@ def _prepared_source(cache: DataCache, source: DataSource, codec: Codec[Any]) ->
         return {"source": source.path, "rows": rows, "bad_rows": out.bad_rows, "reasons": out.reasons}
 
     return cache.entry("rows", parts, build)
+
+
+def flat_doctor_prompts(sources: Sequence[DataSource], seed: int,
+                        max_prompts: int | None = None) -> list[DoctorPrompt]:
+    """Every doctor prompt of `sources` in file order (a dialogue's turns in turn), the first `max_prompts`:
+    what the stages that sample answers to consultations (ai_feedback, grpo/rloo/ppo, rubrics) start from."""
+    loaded = load_sources(sources, doctor_prompts, seed=seed, keep_order=True)
+    prompts = [p for row in loaded.items for p in row]
+    return prompts if max_prompts is None else prompts[:max_prompts]
 
 
 def bad_row_metrics(result: MixResult[Any], prefix: str = "") -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rlmed.data.prepared import ArrowItems, DataCache, cached_map, open_files
+from rlmed.data.prepared import ArrowItems, DataCache, cached_map, open_files, write_column
 
 __all__ = ["TOKENIZE_CHUNK", "dialogue_columns", "packed_blocks", "tokenize_all", "tokenize_texts", "tokenizer_hash"]
 
@@ -128,19 +128,8 @@ def packed_blocks(tokens: Any, block_size: int, eos_id: int, cache: DataCache | 
         import pyarrow as pa
 
         counts = PackResult()
-        schema = pa.schema([("input_ids", pa.list_(pa.int32()))])
-        rows: list[list[int]] = []
-        blocks = 0
-        with pa.OSFile(str(folder / "blocks.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            for block in iter_blocks(documents(), block_size, eos_id, counts):
-                rows.append(block)
-                if len(rows) >= TOKENIZE_CHUNK:
-                    writer.write_batch(pa.record_batch([pa.array(rows, pa.list_(pa.int32()))], schema=schema))
-                    blocks += len(rows)
-                    rows = []
-            if rows:
-                writer.write_batch(pa.record_batch([pa.array(rows, pa.list_(pa.int32()))], schema=schema))
-                blocks += len(rows)
+        blocks = write_column(folder / "blocks.arrow", "input_ids", pa.list_(pa.int32()),
+                              iter_blocks(documents(), block_size, eos_id, counts))
         return {"files": ["blocks.arrow"], "blocks": blocks, "num_docs": counts.num_docs,
                 "num_tokens": counts.num_tokens, "dropped_tokens": counts.dropped_tokens}
 

@@ -74,12 +74,9 @@ class Args:
 
 
 def load_prompts(inputs: dict[str, Any], args: Args, seed: int) -> list[dict[str, Any]]:
-    from rlmed.data.sources import doctor_prompts, load_sources
+    from rlmed.data.sources import flat_doctor_prompts
 
-    loaded = load_sources(inputs["prompts"], doctor_prompts, seed=seed, keep_order=True)
-    prompts = [p for row in loaded.items for p in row]
-    if args.max_prompts is not None:
-        prompts = prompts[: args.max_prompts]
+    prompts = flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts)
     return [{"id": f"p{i}", "messages": p.messages, "reference": p.reference} for i, p in enumerate(prompts)]
 
 

@@ -76,12 +76,10 @@ def heldout_writer(ctx: StageContext, args: Args, heldout: list[dict[str, Any]],
 
 def prompt_rows(inputs: dict[str, Any], args: Args, seed: int) -> tuple[list[dict], list[dict]]:
     """The prompts ({prompt, reference}) in file order, split into held-out and training rows."""
-    from rlmed.data.sources import doctor_prompts, load_sources
+    from rlmed.data.sources import flat_doctor_prompts
 
-    loaded = load_sources(inputs["prompts"], doctor_prompts, seed=seed, keep_order=True)
-    rows = [{"prompt": p.messages, "reference": p.reference} for row in loaded.items for p in row]
-    if args.max_prompts is not None:
-        rows = rows[: args.max_prompts]
+    rows = [{"prompt": p.messages, "reference": p.reference}
+            for p in flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts)]
     if len(rows) <= args.heldout_prompts:
         raise ValueError(f"{len(rows)} prompts, but heldout_prompts={args.heldout_prompts} leaves none to train on")
     return rows[: args.heldout_prompts], rows[args.heldout_prompts:]

@@ -62,12 +62,9 @@ def distinct_prompts(inputs: dict[str, Any], args: Args, seed: int) -> tuple[lis
     """The prompts in file order, one per prompt_key (the first doctor reply wins), and how many repeats were
     dropped: one rubric per prompt is what a join by prompt can use."""
     from reward.rubric import prompt_key
-    from rlmed.data.sources import doctor_prompts, load_sources
+    from rlmed.data.sources import flat_doctor_prompts
 
-    loaded = load_sources(inputs["prompts"], doctor_prompts, seed=seed, keep_order=True)
-    prompts = [p for row in loaded.items for p in row]
-    if args.max_prompts is not None:
-        prompts = prompts[: args.max_prompts]
+    prompts = flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts)
     rows: dict[str, dict[str, Any]] = {}
     for p in prompts:
         rows.setdefault(prompt_key(p.messages), {"prompt": p.messages, "reference": p.reference})
