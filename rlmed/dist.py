@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,44 @@ def init() -> None:
     minutes = float(os.environ.get("RLMED_DIST_TIMEOUT_MIN", DEFAULT_TIMEOUT_MIN))
     torch_dist.init_process_group(backend=backend, timeout=timedelta(minutes=minutes))
     logger.info("rank %d of %d joined (%s backend, local rank %d)", rank(), world_size(), backend, local_rank())
+    if not torch.cuda.is_available():
+        release_deepspeed_shm()
+
+
+def deepspeed_shm_segment() -> Path:
+    """The /dev/shm segment DeepSpeed's CPU allreduce creates for this rank (named in its shm.cpp)."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank()}"
+
+
+def release_deepspeed_shm() -> None:
+    """Unlink this rank's DeepSpeed shared-memory segment as soon as every rank has mapped it.
+
+    With the CPU accelerator and all ranks on one machine (the launcher's LOCAL_SIZE), DeepSpeed's communication
+    backend creates one 66 MB segment per rank in /dev/shm and never unlinks it (shm.cpp defines shared_close but
+    nothing calls it), so every launched CPU run left 66 MB per rank of RAM behind until reboot; a test suite
+    filled /dev/shm. DeepSpeed's initialize returns only once this rank has mapped every other rank's segment, so
+    after a barrier the names can go: the mappings stay valid, and the memory is freed when the last rank exits,
+    even by SIGKILL. With several ranks this initialises DeepSpeed's communication on the process group now
+    (what the stages' first DeepSpeed call would do; it then finds it done). With one rank DeepSpeed creates its
+    segment in the first stage; `reset_process_state` calls this again after each stage."""
+    if os.environ.get("LOCAL_SIZE") != str(world_size()):
+        return  # no launcher, or ranks on several machines: DeepSpeed uses no shared memory
+    if world_size() > 1:
+        try:
+            import deepspeed.comm as ds_comm
+        except ImportError:
+            return
+        import torch.distributed as torch_dist
+
+        ds_comm.init_distributed(dist_backend=torch_dist.get_backend(), auto_mpi_discovery=False, verbose=False)
+        torch_dist.barrier()
+    segment = deepspeed_shm_segment()
+    try:
+        segment.unlink()
+        logger.debug("unlinked %s (mapped by every rank)", segment)
+    except FileNotFoundError:
+        pass  # not created (yet), or this DeepSpeed build has no shared-memory allreduce
 
 
 def barrier() -> None:
@@ -159,6 +198,8 @@ def reset_process_state() -> None:
         unset_hf_deepspeed_config()  # else the next from_pretrained would partition weights for ZeRO-3
     except ImportError:
         pass
+    if world_size() == 1:
+        release_deepspeed_shm()  # one launched rank: its segment exists once a stage has used DeepSpeed
     gc.collect()
     try:
         import torch

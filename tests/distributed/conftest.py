@@ -33,6 +33,12 @@ def launch(recipe: Path, ranks: int = 2, timeout: int = 300, env: dict | None = 
                           timeout=timeout)
 
 
+def shm_left(result: subprocess.CompletedProcess) -> list[Path]:
+    """The DeepSpeed shared-memory segments a launch left in /dev/shm (their names carry its master port)."""
+    port = result.args[result.args.index("--master_port") + 1]
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+
+
 def recipe_file(tmp_path: Path, name: str, stages: list[dict], run_dir: Path | None = None) -> Path:
     recipe = {"name": name, "run_dir": str(run_dir or tmp_path / name), "defaults": {"seed": 3}, "stages": stages}
     return write_recipe(tmp_path / f"{name}.yaml", recipe)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.distributed.conftest import ZERO3, launch, recipe_file, sft_stage, tail
+from tests.distributed.conftest import ZERO3, launch, recipe_file, sft_stage, shm_left, tail
 
 
 def test_rank_that_raises_mid_stage_fails_the_launch_without_a_manifest(tmp_path, tiny_model):
@@ -15,3 +15,5 @@ def test_rank_that_raises_mid_stage_fails_the_launch_without_a_manifest(tmp_path
     output = tail(result)
     assert "stage 'sft' (sft) failed on rank 1" in output and "deliberate failure on rank 1 at step 2" in output
     assert not (tmp_path / "fails" / "sft" / "manifest.json").exists()
+    # Rank 0 was ended by the launcher, not by its own exit path: DeepSpeed's 66 MB segments are still not left.
+    assert shm_left(result) == []

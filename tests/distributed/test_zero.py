@@ -10,7 +10,8 @@ import torch
 from rlmed.data.prepared import DataCache
 from tests.conftest import ROOT, SAMPLE
 from tests.distributed.conftest import (
-    ZERO2, ZERO3, ZERO3_OFFLOAD, cpt_stage, launch, launcher_env, losses, manifest, recipe_file, sft_stage, tail,
+    ZERO2, ZERO3, ZERO3_OFFLOAD, cpt_stage, launch, launcher_env, losses, manifest, recipe_file, sft_stage, shm_left,
+    tail,
 )
 
 # 2 ranks x 4 rows and 1 rank x 8 rows see the same global batches, and the loss is normalised by the global
@@ -28,8 +29,10 @@ def test_zero3_two_ranks_pretrain_then_sft_in_one_launch(tmp_path, tiny_model):
 
     two = launch(recipe_file(tmp_path, "two_ranks", stages(4)), ranks=2)
     assert two.returncode == 0, tail(two)
+    assert shm_left(two) == []  # DeepSpeed's CPU allreduce segments are released (rlmed.dist)
     one = launch(recipe_file(tmp_path, "one_rank", stages(8)), ranks=1)
     assert one.returncode == 0, tail(one)
+    assert shm_left(one) == []
 
     for stage in ("cpt", "sft"):
         assert manifest(tmp_path / "two_ranks" / stage)["world_size"] == 2
