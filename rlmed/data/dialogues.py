@@ -7,18 +7,25 @@ what the real doctor said, so each prompt carries that reply as its ``reference`
 - a whole dialogue ``{"messages" | "conversations": [user, assistant, user, assistant, ...]}`` with no
   reference → one prompt per doctor turn: the history up to that patient turn, and that doctor reply;
 - flat ``{"prompt" | "question": "...", "reference" | "answer": "...", "system": "..."}`` (system optional);
-- alpaca ``{"instruction", "input", "output", "history"}``: the output is the reference of the last turn.
+- alpaca ``{"instruction", "input", "output", "history"}``: the output is the reference of the last turn;
+- HealthBench ``{"prompt": [messages ending with the patient], "rubrics": [...], "prompt_id"}``: the reference is
+  optional when the row has a rubric.
+
+A row's own ``rubrics`` (HealthBench's layout, rlmed.data.rubric_rows) and ``prompt_id`` travel with its prompt
+as ``metadata``, which the sampling stages hand to the reward source (reward.rubric.RubricJudge reads them).
 
 ``answer`` is read where ``reference`` is absent; a recipe's ``columns:`` maps any other name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from rlmed.data.formats import (DOCTOR, PAIRWISE, SOURCE_FORMATS, as_messages, describe_keys, optional_string,
                                 require_string)
 from rlmed.data.records import DataError, Record
+from rlmed.data.rubric_rows import row_messages, row_rubric_metadata
 
 __all__ = ["DoctorPrompt", "as_doctor_prompts"]
 
@@ -28,12 +35,14 @@ _SHAPES = ("'messages' or 'conversations' (with 'reference', or a whole dialogue
 
 @dataclass
 class DoctorPrompt:
-    """Messages ending with the patient's (user) turn, the real doctor's reply to it, and which doctor reply
-    of its dialogue that is (1 for the first)."""
+    """Messages ending with the patient's (user) turn, the real doctor's reply to it (None only for a row graded
+    by its own rubric), which doctor reply of its dialogue that is (1 for the first), and what the reward source
+    reads from the row besides (its "rubrics" and "prompt_id"; empty for most rows)."""
 
     messages: list[dict[str, str]]
-    reference: str
+    reference: str | None
     turn: int
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def _reference_key(record: Record) -> str | None:
@@ -53,6 +62,25 @@ def as_doctor_prompts(record: Record, fmt: str | None = None) -> list[DoctorProm
                            f"with a 'reference' (format: {DOCTOR})")
     row = record.row
     ref_key = _reference_key(record)
+    metadata = row_rubric_metadata(record)
+    if isinstance(row.get("prompt"), list) and fmt in (None, DOCTOR):
+        messages = row_messages(record, row["prompt"], "prompt")
+        if ref_key is None and not metadata:
+            raise record.error("missing field 'reference' (a conversation given as 'prompt' needs the doctor's "
+                               "reply, or 'rubrics' to be graded by)")
+        reference = require_string(record, row[ref_key], f"field '{ref_key}'") if ref_key is not None else None
+        return [DoctorPrompt(messages, reference, _user_turns(messages), metadata)]
+    prompts = _prompts(record, fmt, ref_key)
+    if metadata and len(prompts) > 1:
+        raise record.error(f"a row with 'rubrics' must give one prompt, but this dialogue gives {len(prompts)} "
+                           f"(one per doctor turn); give 'reference' for its last patient turn, or split it")
+    for prompt in prompts:
+        prompt.metadata = metadata
+    return prompts
+
+
+def _prompts(record: Record, fmt: str | None, ref_key: str | None) -> list[DoctorPrompt]:
+    row = record.row
     if fmt in ("messages", "sharegpt") or (fmt in (None, DOCTOR) and ("messages" in row or "conversations" in row)):
         dialogue_fmt = fmt if fmt in ("messages", "sharegpt") else "messages" if "messages" in row else "sharegpt"
         if ref_key is not None:
@@ -66,14 +94,15 @@ def as_doctor_prompts(record: Record, fmt: str | None = None) -> list[DoctorProm
     prompt_key = next((k for k in ("prompt", "question") if k in row), None)
     if prompt_key is None:
         raise record.error(f"cannot detect a doctor prompt: found keys {describe_keys(row)}; expected {_SHAPES}")
-    if ref_key is None:
+    if ref_key is None and "rubrics" not in row:
         raise record.error("missing field 'reference' (doctor format; 'answer' is read too)")
     messages = []
     system = optional_string(record, "system")
     if system.strip():
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": require_string(record, row[prompt_key], f"field '{prompt_key}'")})
-    return [DoctorPrompt(messages, require_string(record, row[ref_key], f"field '{ref_key}'"), 1)]
+    reference = require_string(record, row[ref_key], f"field '{ref_key}'") if ref_key is not None else None
+    return [DoctorPrompt(messages, reference, 1)]
 
 
 def _expand(record: Record, dialogue_fmt: str) -> list[DoctorPrompt]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rlmed.data.records import DataError, Record
+from rlmed.data.rubric_rows import row_messages, row_rubric_metadata
 from rlmed.eval.choice import format_options, gold_letters, meds_ins_prompt
 
 CHOICE_FORMATS = ("cmb_exam", "cmexam", "medqa", "cmmlu", "meds_bench")
@@ -323,41 +324,18 @@ def choice_item(record: Record, fmt: str) -> ChoiceItem:
     return CHOICE_READERS[fmt](record)
 
 
-_ROLES = ("system", "user", "assistant")
-
-
 def healthbench_row(record: Record) -> Conversation:
     """A HealthBench row: the conversation to answer, its rubrics and prompt_id for the reward source, and its
     example_tags (saved as the row's tag "example_tags": HealthBench scores every example tag too)."""
     row = record.row
-    prompt = row.get("prompt")
-    if not isinstance(prompt, list) or not prompt:
-        raise record.error("'prompt' should be a non-empty list of {role, content} messages")
-    for i, m in enumerate(prompt):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
-            raise record.error(f"prompt[{i}] should be {{role: system|user|assistant, content: text}}")
-    if prompt[-1]["role"] != "user":
-        raise record.error("the conversation should end with a user message (the model answers it)")
-    rubrics = row.get("rubrics")
-    if not isinstance(rubrics, list) or not rubrics:
+    messages = row_messages(record, row.get("prompt"), "prompt")
+    metadata = row_rubric_metadata(record)
+    if not metadata:
         raise record.error("'rubrics' should be a non-empty list of {criterion, points, tags}")
-    for i, r in enumerate(rubrics):
-        points = r.get("points") if isinstance(r, dict) else None
-        if (not isinstance(r, dict) or not isinstance(r.get("criterion"), str) or isinstance(points, bool)
-                or not isinstance(points, (int, float))
-                or not all(isinstance(t, str) for t in r.get("tags") or [])):
-            raise record.error(f"rubrics[{i}] should be {{criterion: text, points: number, tags: [text]}}")
-    if not any(r["points"] > 0 for r in rubrics):
-        raise record.error("no rubric item has positive points, so the example's score (points met / positive "
-                           "points) is undefined")
     tags = row.get("example_tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise record.error("'example_tags' should be a list of strings")
-    prompt_id = str(row.get("prompt_id") or f"{Path(record.path).name}:{record.line}")
-    rubric_items = [{"criterion": r["criterion"], "points": r["points"], "tags": list(r.get("tags") or [])}
-                    for r in rubrics]
-    return Conversation([{"role": m["role"], "content": m["content"]} for m in prompt], None,
-                        {"rubrics": rubric_items, "prompt_id": prompt_id}, {"example_tags": list(tags)})
+    return Conversation(messages, None, metadata, {"example_tags": list(tags)})
 
 
 def cmb_clin_rows(record: Record) -> list[Conversation]:

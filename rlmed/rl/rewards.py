@@ -47,15 +47,17 @@ def trl_reward(source: Any, name: str, counter: RewardCounter) -> Any:
     from reward.base import Sample
 
     async def reward(prompts: list[Any], completions: list[Any], reference: list[Any] | None = None,
-                     **_: Any) -> list[float | None]:
+                     metadata: list[str] | None = None, **_: Any) -> list[float | None]:
         samples = []
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
             text = completion[-1]["content"] if isinstance(completion, list) else completion
             # The candidates of one prompt share a group, so a listwise judge ranks them together.
             group = hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
-            samples.append(Sample(prompt=messages, completion=text,
-                                  reference=reference[i] if reference is not None else None, group=group))
+            # A row's own rubric and prompt_id, as JSON text (rlmed.stages.online_common).
+            meta = json.loads(metadata[i]) if metadata is not None and metadata[i] else {}
+            samples.append(Sample(prompt=messages, completion=text, reference=reference[i] if reference is not None
+                                  else None, group=group, metadata=meta))
         scores = await source.score(samples)
         counter.add(scores)
         return [s.value for s in scores]

@@ -59,7 +59,8 @@ def score_samples(source: Any, rows: list[dict[str, Any]], texts: list[str]) -> 
     """Score each answer with its prompt row's messages and reference; a source must return one score each."""
     from reward.base import Sample, score_sync
 
-    samples = [Sample(prompt=r["messages"], completion=t, reference=r.get("reference")) for r, t in zip(rows, texts)]
+    samples = [Sample(prompt=r["messages"], completion=t, reference=r.get("reference"), metadata=r.get("metadata") or {})
+               for r, t in zip(rows, texts)]
     scores = score_sync(source, samples)
     if len(scores) != len(samples):
         raise RuntimeError(f"reward source {type(source).__name__} returned {len(scores)} scores "

@@ -77,7 +77,9 @@ def load_prompts(inputs: dict[str, Any], args: Args, seed: int) -> list[dict[str
     from rlmed.data.sources import flat_doctor_prompts
 
     prompts = flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts)
-    return [{"id": f"p{i}", "messages": p.messages, "reference": p.reference} for i, p in enumerate(prompts)]
+    # A row's own rubric and prompt_id (metadata) travel with its candidates to the reward source.
+    return [{"id": f"p{i}", "messages": p.messages, "reference": p.reference,
+             **({"metadata": p.metadata} if p.metadata else {})} for i, p in enumerate(prompts)]
 
 
 def generate_candidates(ctx: StageContext, inputs: dict[str, Any], args: Args,
@@ -93,7 +95,8 @@ def generate_candidates(ctx: StageContext, inputs: dict[str, Any], args: Args,
                                   stage=ctx.stage_id, record_ids=[str(p["id"]) for p in mine])
     else:
         texts = generate_hf(inputs["model"], [p["messages"] for p in mine], args, seed=args.seed + dist.rank())
-    rows = [{"prompt_id": p["id"], "sample": j, "prompt": p["messages"], "reference": p["reference"], "completion": t}
+    rows = [{"prompt_id": p["id"], "sample": j, "prompt": p["messages"], "reference": p["reference"], "completion": t,
+             **({"metadata": p["metadata"]} if "metadata" in p else {})}
             for p, samples in zip(mine, texts) for j, t in enumerate(samples)]
     if dist.world_size() == 1:
         return rows
@@ -110,7 +113,7 @@ def score_candidates(source: Any, candidates: list[dict[str, Any]]) -> list[dict
     from reward.base import Sample, score_sync
 
     samples = [Sample(prompt=c["prompt"], completion=c["completion"], reference=c["reference"],
-                      group=c["prompt_id"]) for c in candidates]
+                      group=c["prompt_id"], metadata=c.get("metadata") or {}) for c in candidates]
     scores = score_sync(source, samples)
     if len(scores) != len(samples):
         raise RuntimeError(f"reward source returned {len(scores)} scores for {len(samples)} samples")

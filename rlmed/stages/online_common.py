@@ -15,6 +15,7 @@ source, so the manifest shows whether the reward on unseen prompts rose.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,8 @@ def sample_and_score(model_dir: str, prompts: list[dict[str, Any]], args: Args, 
     settings = SimpleNamespace(samples_per_prompt=1, temperature=1.0, top_p=1.0, batch_size=8,
                                max_new_tokens=args.heldout_max_new_tokens, dtype=args.dtype)
     answers = [a[0] for a in generate_hf(model_dir, [p["prompt"] for p in prompts], settings, seed=seed)]
-    scores = score_sync(source, [Sample(prompt=p["prompt"], completion=a, reference=p["reference"])
-                                 for p, a in zip(prompts, answers)])
+    scores = score_sync(source, [Sample(prompt=p["prompt"], completion=a, reference=p["reference"],
+                                        metadata=p["metadata"]) for p, a in zip(prompts, answers)])
     return [{"prompt": p["prompt"], "completion": a, "score": s.value} for p, a, s in zip(prompts, answers, scores)]
 
 
@@ -75,10 +76,11 @@ def heldout_writer(ctx: StageContext, args: Args, heldout: list[dict[str, Any]],
 
 
 def prompt_rows(inputs: dict[str, Any], args: Args, seed: int) -> tuple[list[dict], list[dict]]:
-    """The prompts ({prompt, reference}) in file order, split into held-out and training rows."""
+    """The prompts ({prompt, reference, metadata}) in file order, split into held-out and training rows. The
+    metadata (a row's own rubric and prompt_id) reaches the reward source with each sample."""
     from rlmed.data.sources import flat_doctor_prompts
 
-    rows = [{"prompt": p.messages, "reference": p.reference}
+    rows = [{"prompt": p.messages, "reference": p.reference, "metadata": p.metadata}
             for p in flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts)]
     if len(rows) <= args.heldout_prompts:
         raise ValueError(f"{len(rows)} prompts, but heldout_prompts={args.heldout_prompts} leaves none to train on")
@@ -122,7 +124,10 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
     model, parameters = training.with_lora(model, args.lora)
     name = ctx.reward["_component_"].rsplit(".", 1)[-1]
     trainer_cls = checked_after_rewards(import_object(trainer_path), gate)
-    trainer = trainer_cls(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
+    # trl hands every extra column to the reward function; metadata goes as JSON text, since Arrow would make
+    # one struct type of all rows' metadata (and fail on a prompt_id that is a number in one row, text in another).
+    dataset = Dataset.from_list([{**r, "metadata": json.dumps(r["metadata"], ensure_ascii=False)} for r in train_rows])
+    trainer = trainer_cls(model=model, args=config, train_dataset=dataset,
                           reward_funcs=[trl_reward(source, name, counter)], processing_class=tokenizer,
                           callbacks=training.callbacks(ctx))
     # trl's GenerationConfig leaves fields unset (min_p, no_repeat_ngram_size, bad_words_ids, ...) that generate

@@ -60,7 +60,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
 
     tokenizer = load_tokenizer(inputs["model"])
     prompts = [{"ids": tokenizer(render_prompt(tokenizer, r["prompt"]), add_special_tokens=False)["input_ids"]
-                [-args.max_prompt_length:], "messages": r["prompt"], "reference": r["reference"]} for r in train_rows]
+                [-args.max_prompt_length:], "messages": r["prompt"], "reference": r["reference"],
+                "metadata": r["metadata"]} for r in train_rows]
     # Built before any model loads, so that under ZeRO-3 the loads below are partitioned across ranks.
     config = training.trainer_config(
         ctx, "transformers.TrainingArguments", has_eval=False, per_device_train_batch_size=schedule.micro_batch,

@@ -58,17 +58,20 @@ class Args:
             raise ValueError(f"max_failed_fraction must be within 0..1, got {self.max_failed_fraction}")
 
 
-def distinct_prompts(inputs: dict[str, Any], args: Args, seed: int) -> tuple[list[dict[str, Any]], int]:
-    """The prompts in file order, one per prompt_key (the first doctor reply wins), and how many repeats were
-    dropped: one rubric per prompt is what a join by prompt can use."""
+def distinct_prompts(inputs: dict[str, Any], args: Args, seed: int) -> tuple[list[dict[str, Any]], int, int]:
+    """The prompts in file order, one per prompt_key (the first doctor reply wins), how many repeats were
+    dropped (one rubric per prompt is what a join by prompt can use), and how many were left out because their
+    row has its own rubric (which the reward source reads first, so a written one would never be used)."""
     from reward.rubric import prompt_key
     from rlmed.data.sources import flat_doctor_prompts
 
     prompts = flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts)
+    own = [p for p in prompts if p.metadata.get("rubrics") is not None]
     rows: dict[str, dict[str, Any]] = {}
     for p in prompts:
-        rows.setdefault(prompt_key(p.messages), {"prompt": p.messages, "reference": p.reference})
-    return [{"prompt_id": key, **row} for key, row in rows.items()], len(prompts) - len(rows)
+        if p.metadata.get("rubrics") is None:
+            rows.setdefault(prompt_key(p.messages), {"prompt": p.messages, "reference": p.reference})
+    return [{"prompt_id": key, **row} for key, row in rows.items()], len(prompts) - len(own) - len(rows), len(own)
 
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
@@ -77,7 +80,9 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from rlmed.artifacts import atomic_write_jsonl
     from rlmed.rl.sources import build_reward_source
 
-    prompts, repeated = distinct_prompts(inputs, args, ctx.seed)
+    prompts, repeated, own = distinct_prompts(inputs, args, ctx.seed)
+    if own:
+        ctx.log.info("%d prompts have their own rubric in the data and get none written", own)
     writer = build_reward_source(args.writer, ctx.run_dir, ctx.stage_dir)  # gets the judge cache and audit log
     ctx.log.info("writing rubrics for %d prompts with %r", len(prompts), writer)
 
@@ -103,7 +108,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
             for tag in item.tags:
                 categories[tag] = categories.get(tag, 0) + 1
     metrics: dict[str, Any] = {
-        "prompts": len(prompts), "repeated_prompts": repeated, "written": len(rows), "failed": len(failed),
+        "prompts": len(prompts), "repeated_prompts": repeated, "own_rubrics": own, "written": len(rows), "failed": len(failed),
         "failed_fraction": len(failed) / max(1, len(prompts)),
         "items_per_prompt_mean": sum(sizes) / len(sizes) if sizes else 0.0,
         "items_min": min(sizes, default=0), "items_max": max(sizes, default=0), "items_by_tag": categories,

@@ -82,3 +82,38 @@ def test_sample_doctor_dialogues_all_convert():
     records = list(read_records(SAMPLE / "doctor_dialogues.jsonl"))
     prompts = [p for r in records for p in as_doctor_prompts(r)]
     assert len(records) == 400 and len(prompts) == len(records) and all(p.messages[-1]["role"] == "user" and p.reference for p in prompts)
+
+
+RUBRIC = [{"criterion": "说明何时就医", "points": 5, "tags": ["axis:completeness"]},
+          {"criterion": "建议使用抗生素", "points": -4}]
+
+
+def test_a_healthbench_row_is_one_prompt_graded_by_its_own_rubric_without_a_reference():
+    [prompt] = as_doctor_prompts(rec({"prompt_id": "hb-7", "prompt": [SYSTEM, user("孩子高烧不退")], "rubrics": RUBRIC,
+                                      "example_tags": ["theme:emergency"]}))
+    assert prompt.messages == [SYSTEM, user("孩子高烧不退")] and prompt.reference is None and prompt.turn == 1
+    assert prompt.metadata == {"prompt_id": "hb-7", "rubrics": [{**RUBRIC[0]}, {**RUBRIC[1], "tags": []}]}
+
+
+def test_a_rubric_travels_with_any_one_prompt_row_and_without_an_id_gets_its_file_and_line():
+    [flat] = as_doctor_prompts(rec({"question": "孩子咳嗽", "answer": "多喝水", "rubrics": RUBRIC}))
+    [no_reference] = as_doctor_prompts(rec({"question": "孩子咳嗽", "rubrics": RUBRIC}))
+    assert flat.reference == "多喝水" and no_reference.reference is None
+    assert flat.metadata["prompt_id"] == no_reference.metadata["prompt_id"] == "d.jsonl:2"
+    assert as_doctor_prompts(rec({"question": "孩子咳嗽", "answer": "多喝水"}))[0].metadata == {}
+
+
+@pytest.mark.parametrize("row,reason", [
+    ({"messages": DIALOGUE, "rubrics": RUBRIC}, "a row with 'rubrics' must give one prompt, but this dialogue gives 3"),
+    ({"prompt": [user("x")], "rubrics": [{"criterion": "y", "points": "5"}]},
+     "rubrics[0] should be {criterion: text, points: number, tags: [text]}"),
+    ({"prompt": [user("x")], "rubrics": [{"criterion": "y", "points": -1}]}, "no rubric item has positive points"),
+    ({"prompt": [user("x")], "rubrics": []}, "'rubrics' should be a non-empty list"),
+    ({"prompt": [user("x"), doctor("y")], "rubrics": RUBRIC}, "the conversation should end with a user message"),
+    ({"prompt": [user("x")]}, "missing field 'reference' (a conversation given as 'prompt' needs the doctor's reply, "
+                              "or 'rubrics' to be graded by)"),
+])
+def test_bad_rubric_rows_name_the_line_and_the_reason(row, reason):
+    with pytest.raises(DataError) as info:
+        as_doctor_prompts(rec(row))
+    assert str(info.value).startswith(f"d.jsonl:2: {reason}")
