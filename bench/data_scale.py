@@ -11,7 +11,9 @@ Each path then runs in a fresh Python process of its own, so its peak memory is 
 
 1. **rlmed, first preparation**: an empty cache; what the sft stage does: `DataCache.for_run(run_dir)`,
    `load_sources([DataSource(path=jsonl)], dialogue, seed, cache=cache)`, the `--validation-fraction` split
-   (items[:n_eval] for validation, items[n_eval:] for training) and `tokenize_all` of both with the cache.
+   (items[:n_eval] for validation, items[n_eval:] for training) and `ready_sets` of both with the cache and an
+   SFTConfig of `--max-length`, no packing: the cached tokenisation also truncates to max_length and the rows left
+   with no trained token are dropped, as SFTTrainer's preparation would, so the trainer skips its own pass.
 2. **rlmed, second preparation** (what another rank does): the same in another fresh process on the same cache.
    The cache's events.jsonl must say that every entry this process used was "reused" (recorded, and a FAIL line
    if not). Its time is given as a ratio to the first preparation's.
@@ -20,10 +22,10 @@ Each path then runs in a fresh Python process of its own, so its peak memory is 
    per-row chat template + tokenisation, labels, truncation to `--max-length`, packing off) with
    `dataset_num_proc` = the number of worker processes.
 
-With `--trainer-prep` (the default) each rlmed process then also runs SFTTrainer's preparation of its tokenised
-train and validation sets (the sft stage hands them to SFTTrainer, whose constructor truncates them to
-max_length and drops rows with no label left), with trl's `dataset_num_proc`, timed apart: "rlmed + trainer" is
-the like-for-like figure against trl's path, which ends at the same point. Each phase ends by reading its result
+With `--trainer-prep` (the default) "rlmed + trainer" is the like-for-like figure against trl's path, which ends
+at the same point: the sets SFTTrainer trains on. Since the sft stage skips SFTTrainer's preparation (above), it
+equals the rlmed phase; where the stage could not skip it (a config with packing) it would add SFTTrainer's
+preparation of the tokenised sets, timed apart. Each phase ends by reading its result
 batch-wise (`Dataset.iter` in Arrow format: rows and the lengths of `input_ids`, so any lazy select or filter is
 paid), inside its time. After the measured phases each process sums every token id of its final datasets: a
 cross-check that, after the trainer's truncation, both paths hold the same rows and tokens (the order differs:
@@ -150,27 +152,33 @@ def _trainer_prep(tokenizer: Any, datasets: list[Any], max_length: int, num_proc
 
 
 def _rlmed(spec: dict, tokenizer: Any, marks: dict[str, dict]) -> dict[str, Any]:
+    from bench.data import sft_config
     from rlmed.data.prepared import DataCache
     from rlmed.data.sources import DataSource, dialogue, load_sources
-    from rlmed.data.tokenized import tokenize_all
+    from rlmed.stages.sft import ready_sets
 
-    # As the sft stage (rlmed.stages.sft.run) does it.
+    # As the sft stage (rlmed.stages.sft.run) does it: the cached tokenisation also does SFTTrainer's truncation
+    # (max_length, no packing), so the sets it returns are the ones the trainer trains on, unprepared again.
     cache = DataCache.for_run(Path(spec["run_dir"]))
     loaded = load_sources([DataSource(path=spec["jsonl"])], dialogue, seed=spec["seed"], cache=cache)
     mixed = loaded.items
     n_eval = int(len(mixed) * spec["validation_fraction"])
     train_rows, eval_rows = mixed[n_eval:], mixed[:n_eval]
-    train_set = tokenize_all(tokenizer, train_rows, "train", cache)
-    eval_set = tokenize_all(tokenizer, eval_rows, "validation", cache) if eval_rows else None
+    config = sft_config(spec["max_length"], packing=False)
+    train_set, eval_set, dropped = ready_sets(tokenizer, train_rows, eval_rows, cache, config)
     prepared = [d for d in (train_set, eval_set) if d is not None]
-    out: dict[str, Any] = {"train_rows": len(train_rows), "eval_rows": len(eval_rows),
+    out: dict[str, Any] = {"train_rows": len(train_rows), "eval_rows": len(eval_rows), "dropped": dropped,
+                           "trainer_skips_preparation": bool((config.dataset_kwargs or {}).get("skip_prepare_dataset")),
                            "read": read_through(prepared)}
     marks["prepared"] = _mark()
     if spec["trainer_prep"]:
-        trained = _trainer_prep(tokenizer, prepared, spec["max_length"], spec["trainer_num_proc"])
-        out["trainer_read"] = read_through(trained)
+        if out["trainer_skips_preparation"]:
+            out["trainer_read"] = dict(out["read"])  # what SFTTrainer trains on: these sets, as they are
+        else:
+            prepared = _trainer_prep(tokenizer, prepared, spec["max_length"], spec["trainer_num_proc"])
+            out["trainer_read"] = read_through(prepared)
         marks["trainer_prepared"] = _mark()
-        out["trainer_read"]["id_sum"] = id_sum(trained)
+        out["trainer_read"]["id_sum"] = id_sum(prepared)
     pid = os.getpid()
     events = [e for e in cache.events() if e.get("pid") == pid]
     out["events"] = [{"entry": e["entry"], "action": e["action"]} for e in events]

@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 
 from rlmed.data.prepared import ArrowItems, DataCache, cached_map, open_files, write_column
 
-__all__ = ["TOKENIZE_CHUNK", "dialogue_columns", "packed_blocks", "tokenize_all", "tokenize_texts", "tokenizer_hash"]
+__all__ = ["TOKENIZE_CHUNK", "dialogue_columns", "packed_blocks", "sft_truncation", "skip_trainer_preparation",
+           "tokenize_all", "tokenize_texts", "tokenizer_hash", "trainer_ready"]
 
 TOKENIZE_CHUNK = 1024  # dialogues per batched tokenizer call
 # Part of the cache key of tokenised dialogues: change it when dialogue_columns would give other columns.
@@ -51,34 +52,88 @@ def tokenizer_hash(tokenizer: Any) -> str:
 
 
 def tokenize_all(tokenizer: Any, dialogues: Sequence[Any], name: str, cache: DataCache | None = None,
-                 dialogue_of: Callable[[Any], list[dict]] | None = None) -> Any:
+                 dialogue_of: Callable[[Any], list[dict]] | None = None,
+                 truncate: tuple[int, str] | None = None) -> Any:
     """A Dataset of `input_ids`, `assistant_masks` and `labels` (:func:`dialogue_columns`) for the dialogues
     (or for `dialogue_of(item)` of each item, e.g. mole's (dialogue, task) rows). Prepared ArrowItems with a
-    cache: a cached map with worker processes, memory-mapped; a list: tokenised here in chunks."""
+    cache: a cached map with worker processes, memory-mapped; a list: tokenised here in chunks.
+
+    `truncate` (max_length, "keep_start" | "keep_end") cuts every column as SFTTrainer's preparation would and
+    adds `trainable_tokens` (labels not -100 after the cut), for :func:`trainer_ready`: the cut is then part of
+    the cached pass instead of a second pass of the trainer's over every row."""
     from datasets import Dataset, Features, Sequence as Column, Value
     from tqdm import tqdm
 
     pick = dialogue_of or (lambda item: item)
+
+    def batch(items: list[Any]) -> dict[str, list[Any]]:
+        columns: dict[str, list[Any]] = dialogue_columns(tokenizer, [pick(i) for i in items])
+        if truncate is not None:
+            cut = _slice(*truncate)
+            columns = {key: [row[cut] for row in rows] for key, rows in columns.items()}
+            columns["trainable_tokens"] = [sum(1 for t in labels if t != -100) for labels in columns["labels"]]
+        return columns
+
     if cache is not None and isinstance(dialogues, ArrowItems):
-        features = Features({"input_ids": Column(Value("int32")), "assistant_masks": Column(Value("int8")),
-                             "labels": Column(Value("int32"))})
-
-        def batch(items: list[Any]) -> dict[str, list[list[int]]]:
-            return dialogue_columns(tokenizer, [pick(i) for i in items])
-
-        return cached_map(cache, "tokens", dialogues, batch,
-                          {"tokenizer": tokenizer_hash(tokenizer), "columns": COLUMNS_VERSION,
-                           "pick": None if dialogue_of is None else dialogue_of.__qualname__},
-                          features, desc=f"tokenising {name}")
-    columns: dict[str, list[list[int]]] = {"input_ids": [], "assistant_masks": [], "labels": []}
+        features = {"input_ids": Column(Value("int32")), "assistant_masks": Column(Value("int8")),
+                    "labels": Column(Value("int32"))}
+        parts = {"tokenizer": tokenizer_hash(tokenizer), "columns": COLUMNS_VERSION,
+                 "pick": None if dialogue_of is None else dialogue_of.__qualname__}
+        if truncate is not None:
+            features["trainable_tokens"] = Value("int32")
+            parts["truncate"] = list(truncate)
+        return cached_map(cache, "tokens", dialogues, batch, parts, Features(features), desc=f"tokenising {name}")
+    columns: dict[str, list[Any]] = {}
     items = list(dialogues)
     with tqdm(total=len(items), desc=f"tokenising {name}", unit="dialogue", disable=len(items) < 5000) as bar:
         for start in range(0, len(items), TOKENIZE_CHUNK):
-            chunk = dialogue_columns(tokenizer, [pick(i) for i in items[start:start + TOKENIZE_CHUNK]])
+            chunk = batch(items[start:start + TOKENIZE_CHUNK])
             for key, values in chunk.items():
-                columns[key] += values
+                columns.setdefault(key, []).extend(values)
             bar.update(len(chunk["input_ids"]))
+    if not columns:
+        columns = {"input_ids": [], "assistant_masks": [], "labels": []}
     return Dataset.from_dict(columns)
+
+
+def _slice(max_length: int, mode: str) -> slice:
+    if mode == "keep_start":
+        return slice(None, max_length)
+    if mode == "keep_end":
+        return slice(-max_length, None)
+    raise ValueError(f"truncation_mode {mode!r}: expected 'keep_start' or 'keep_end'")
+
+
+def sft_truncation(config: Any) -> tuple[int, str] | None:
+    """(max_length, truncation_mode) when all SFTTrainer would do to tokenised dialogues with labels is cut them
+    to max_length and drop the rows left without a trained token (trl 1.x `_prepare_dataset`); None when it
+    would do more (packing) or the user asked for something else (no max_length, their own skip)."""
+    if (getattr(config, "packing", False) or getattr(config, "eval_packing", None)
+            or getattr(config, "padding_free", False) or getattr(config, "max_length", None) is None
+            or getattr(config, "truncation_mode", "keep_start") not in ("keep_start", "keep_end")
+            or (getattr(config, "dataset_kwargs", None) or {}).get("skip_prepare_dataset")):
+        return None
+    return config.max_length, config.truncation_mode
+
+
+def trainer_ready(dataset: Any) -> tuple[Any, int]:
+    """A dataset tokenised with `truncate` as SFTTrainer's preparation leaves it: the rows the cut left with no
+    trained token dropped (an in-memory selection, nothing rewritten), `trainable_tokens` gone; and how many
+    rows were dropped."""
+    import numpy as np
+
+    if "trainable_tokens" not in dataset.column_names:
+        raise ValueError("trainer_ready needs a dataset tokenised with truncate=... (no trainable_tokens column)")
+    counts = np.asarray(dataset.with_format("numpy")["trainable_tokens"])
+    keep = np.flatnonzero(counts > 0)
+    if len(keep) < len(dataset):
+        dataset = dataset.select(keep)
+    return dataset.remove_columns(["trainable_tokens"]), int(len(counts) - len(keep))
+
+
+def skip_trainer_preparation(config: Any) -> None:
+    """Tell SFTTrainer the datasets are ready (see :func:`sft_truncation`), so it does not map over them again."""
+    config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
 
 
 # Part of the cache key of tokenised documents and of their blocks.

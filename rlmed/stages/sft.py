@@ -79,12 +79,11 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     tokenizer = load_tokenizer(inputs["model"], chat_template=read_template(args.chat_template))
     if not tokenizer.chat_template:
         raise ValueError(f"the model at {inputs['model']} has no chat template; set args.chat_template")
-    train_set = tokenize_all(tokenizer, train_rows, "train", cache)
-    eval_set = tokenize_all(tokenizer, eval_rows, "validation", cache) if eval_rows else None
+    # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned; and its
+    # max_length lets the cached tokenisation do SFTTrainer's truncation, so the trainer skips its own pass.
+    config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=bool(eval_rows))
+    train_set, eval_set, dropped = ready_sets(tokenizer, train_rows, eval_rows, cache, config)
     ctx.log.info("sft data: %d train dialogues, %d validation", len(train_rows), len(eval_rows))
-
-    config = training.trainer_config(ctx, "trl.SFTConfig", has_eval=eval_set is not None)
-    # The config first: under ZeRO-3 it makes from_pretrained load the weights already partitioned.
     model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
     model, parameters = training.with_lora(model, args.lora)
     warn_dense_packing(ctx, config, model)
@@ -93,7 +92,30 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     metrics = training.train(ctx, trainer)
     training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
     return {**metrics, **parameters, "train_dialogues": len(train_rows), "eval_dialogues": len(eval_rows),
-            **bad_row_metrics(loaded)}
+            **dropped, **bad_row_metrics(loaded)}
+
+
+def ready_sets(tokenizer: Any, train_rows: Any, eval_rows: Any, cache: Any, config: Any,
+               dialogue_of: Any = None) -> tuple[Any, Any, dict[str, int]]:
+    """The tokenised training and validation sets. Where SFTTrainer would only truncate them (no packing), the
+    cut is done in the cached tokenisation and the trainer told to skip its preparation: the same rows and tokens
+    (tests/unit/test_trainer_ready.py) without a second pass over every row and a copy beside the cache. Also
+    the rows the cut left without a trained token (dropped, as the trainer drops them), per set."""
+    from rlmed.data.tokenized import sft_truncation, skip_trainer_preparation, trainer_ready
+
+    cut = sft_truncation(config)
+    sets, dropped = [], {}
+    for name, rows in (("train", train_rows), ("validation", eval_rows)):
+        if not len(rows):
+            sets.append(None)
+            continue
+        data = tokenize_all(tokenizer, rows, name, cache, dialogue_of=dialogue_of, truncate=cut)
+        if cut is not None:
+            data, dropped[f"{name}_rows_truncated_away"] = trainer_ready(data)
+        sets.append(data)
+    if cut is not None:
+        skip_trainer_preparation(config)
+    return sets[0], sets[1], dropped
 
 
 SPEC = StageSpec(

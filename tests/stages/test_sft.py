@@ -49,6 +49,9 @@ def test_sft_loss_falls_and_model_is_saved(tmp_path, tiny_model, fast_trainer):
     curve = losses(tmp_path, "sft")
     assert sum(curve[-5:]) / 5 < LOSS_FRACTION * curve[0]
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "sft" / "model")
+    # The cached tokenisation truncated to max_length, so SFTTrainer skipped its own pass and wrote no copy.
+    assert m["metrics"]["train_rows_truncated_away"] == 0
+    assert not list((tmp_path / "run" / ".rlmed" / "data").rglob("cache-*.arrow"))
     # The manifest holds the trainer config the run had, rebuildable: recipe fields over sft's declared defaults.
     from trl import SFTConfig
 
