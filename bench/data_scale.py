@@ -376,11 +376,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tmp-dir", type=Path, default=None,
                     help="where the dialogues and caches go (about 2.8 GB per 100k dialogues of the default length, "
                          "all three paths' files; one size at a time); default: the system's")
+    ap.add_argument("--trl-up-to", type=int, default=None,
+                    help="run trl's path only for sizes up to this (its rows/s target is at the smallest size; at "
+                         "1M it takes about an hour on 2 cores); default: every size")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "data_scale.json")
     args = ap.parse_args(argv)
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     if not sizes or sizes[0] <= 0:
         ap.error("--sizes needs positive dialogue counts")
+    if args.trl_up_to is not None and args.trl_up_to < sizes[0]:
+        ap.error(f"--trl-up-to {args.trl_up_to} leaves out the smallest size ({sizes[0]}), where rows/s is compared")
 
     import datasets
     import tokenizers
@@ -410,23 +415,26 @@ def main(argv: list[str] | None = None) -> dict:
                     "trainer_prep": args.trainer_prep, "num_proc": args.num_proc, "trainer_num_proc": trl_proc,
                     "run_dir": str(work / "run")}
             runs = {}
-            for label, spec in (("rlmed_first", {**base, "path": "rlmed"}),
-                                ("rlmed_second", {**base, "path": "rlmed"}),
-                                ("trl", {**base, "path": "trl", "hf_cache": str(work / "hf_cache")})):
+            paths = [("rlmed_first", {**base, "path": "rlmed"}), ("rlmed_second", {**base, "path": "rlmed"})]
+            if args.trl_up_to is None or n <= args.trl_up_to:
+                paths.append(("trl", {**base, "path": "trl", "hf_cache": str(work / "hf_cache")}))
+            for label, spec in paths:
                 print(f"  {label} ...", flush=True)
                 runs[label] = measure(spec, work, label)
             disk = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
             shutil.rmtree(work, ignore_errors=True)  # a size's files go before the next size's are written
-            first, second, other = runs["rlmed_first"], runs["rlmed_second"], runs["trl"]
+            first, second, other = runs["rlmed_first"], runs["rlmed_second"], runs.get("trl")
             reused = bool(second["events"]) and all(e["action"] == "reused" for e in second["events"])
             figures = {
                 "jsonl_bytes": written["bytes"], "disk_bytes": disk, "tokens": first["read"]["tokens"],
                 "runs": runs, "second_all_reused": reused,
                 "first_built": sorted({e["action"] for e in first["events"]}),
-                "rows_per_s_ratio_rlmed_over_trl": first["prepare"]["rows_per_s"] / other["prepare"]["rows_per_s"],
                 "reuse_time_ratio": second["prepare"]["seconds"] / first["prepare"]["seconds"],
             }
-            if args.trainer_prep:
+            if other is not None:
+                figures["rows_per_s_ratio_rlmed_over_trl"] = (first["prepare"]["rows_per_s"]
+                                                              / other["prepare"]["rows_per_s"])
+            if args.trainer_prep and other is not None:
                 figures["rows_per_s_ratio_rlmed_with_trainer_prep_over_trl"] = (
                     first["with_trainer_prep"]["rows_per_s"] / other["prepare"]["rows_per_s"])
                 figures["reuse_time_ratio_with_trainer_prep"] = (
@@ -477,6 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": sizes, "mean_chars": args.mean_chars, "max_length": args.max_length,
         "validation_fraction": args.validation_fraction, "num_proc": args.num_proc, "seed": args.seed,
         "tokenizer": str(args.model_dir or "tiny preset"), "trainer_prep": args.trainer_prep,
+        "trl_up_to": args.trl_up_to,
         "rss_limit_bytes": RSS_LIMIT, "results": results, "checks": checks,
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -507,7 +516,7 @@ def _print(result: dict) -> None:
               f"{startup['seconds']:.1f} s, {_mib(startup['maxrss_self'])}")
         print(header)
         rows = [("rlmed first", runs["rlmed_first"], "prepare"), ("rlmed second (reuse)", runs["rlmed_second"],
-                "prepare"), ("trl datasets", runs["trl"], "prepare")]
+                "prepare")] + ([("trl datasets", runs["trl"], "prepare")] if "trl" in runs else [])
         if "with_trainer_prep" in runs["rlmed_first"]:
             rows[2:2] = [("rlmed first + trainer", runs["rlmed_first"], "with_trainer_prep"),
                          ("rlmed second + trainer", runs["rlmed_second"], "with_trainer_prep")]
@@ -519,8 +528,10 @@ def _print(result: dict) -> None:
                   f"{_mib(fig['maxrss_self']):>9} {_mib(fig['maxrss_children']):>9} "
                   f"{_mib(fig['maxrss_self_plus_children']):>9} {_mib(fig.get('tree_peak_rss')):>9} "
                   f"{_mib(fig.get('tree_peak_pss')):>9} {_mib(fig.get('tree_peak_pss_anon')):>9}")
-        line = (f"rows/s rlmed / trl {figures['rows_per_s_ratio_rlmed_over_trl']:.2f}x; second / first time "
-                f"{figures['reuse_time_ratio']:.1%} (events all reused: {figures['second_all_reused']})")
+        versus = (f"rows/s rlmed / trl {figures['rows_per_s_ratio_rlmed_over_trl']:.2f}x; "
+                  if "rows_per_s_ratio_rlmed_over_trl" in figures else "trl's path not run at this size; ")
+        line = (f"{versus}second / first time {figures['reuse_time_ratio']:.1%} (events all reused: "
+                f"{figures['second_all_reused']})")
         if "rows_per_s_ratio_rlmed_with_trainer_prep_over_trl" in figures:
             like = figures["rows_per_s_ratio_rlmed_with_trainer_prep_over_trl"]
             reuse = figures["reuse_time_ratio_with_trainer_prep"]
