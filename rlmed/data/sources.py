@@ -219,13 +219,22 @@ def _prepared_source(cache: DataCache, source: DataSource, codec: Codec[Any]) ->
     return cache.entry("rows", parts, build)
 
 
-def flat_doctor_prompts(sources: Sequence[DataSource], seed: int,
-                        max_prompts: int | None = None) -> list[DoctorPrompt]:
+def flat_doctor_prompts(sources: Sequence[DataSource], seed: int, max_prompts: int | None = None,
+                        cache: DataCache | None = None) -> list[DoctorPrompt]:
     """Every doctor prompt of `sources` in file order (a dialogue's turns in turn), the first `max_prompts`:
-    what the stages that sample answers to consultations (ai_feedback, grpo/rloo/ppo, rubrics) start from."""
-    loaded = load_sources(sources, doctor_prompts, seed=seed, keep_order=True)
-    prompts = [p for row in loaded.items for p in row]
-    return prompts if max_prompts is None else prompts[:max_prompts]
+    what the stages that sample answers to consultations (ai_feedback, grpo/rloo/ppo, rubrics) start from.
+
+    With a `cache` the sources are converted through Arrow (read as a stream, once per node) and only the
+    prompts used are decoded: a cap of a few thousand prompts over a file of millions holds those few thousand.
+    Every row is still converted, so a bad row anywhere fails (or is skipped) as it does without the cap."""
+    loaded = load_sources(sources, doctor_prompts, seed=seed, keep_order=True, cache=cache)
+    prompts: list[DoctorPrompt] = []
+    for row in loaded.items:
+        for prompt in row:
+            if max_prompts is not None and len(prompts) >= max_prompts:
+                return prompts
+            prompts.append(prompt)
+    return prompts
 
 
 def bad_row_metrics(result: MixResult[Any], prefix: str = "") -> dict[str, Any]:
@@ -266,7 +275,8 @@ text: Codec[str] = Codec("text", _text, _same, _same)
 pair: Codec[Pair] = Codec("pair", _pair, dataclasses.asdict, lambda d: Pair(**d))
 """A preference pair (prompt, chosen, rejected), for reward-model and DPO-style stages."""
 doctor_prompts: Codec[list[DoctorPrompt]] = Codec(
-    "doctor_prompts", _doctor_prompts, lambda items: [dataclasses.asdict(i) for i in items],
+    "doctor_prompts-2",  # 2: a row's own rubric in metadata, HealthBench-layout rows
+    _doctor_prompts, lambda items: [dataclasses.asdict(i) for i in items],
     lambda items: [DoctorPrompt(**i) for i in items])
 """Prompts with the real doctor's reply; one row may give several (one per doctor turn of a dialogue).
 Mixing treats each row's list as one item (a dialogue's turns stay together); flatten after mixing."""

@@ -73,10 +73,10 @@ class Args:
             raise ValueError(f"max_failed_fraction must be within 0..1, got {self.max_failed_fraction}")
 
 
-def load_prompts(inputs: dict[str, Any], args: Args, seed: int) -> list[dict[str, Any]]:
+def load_prompts(inputs: dict[str, Any], args: Args, seed: int, cache: Any = None) -> list[dict[str, Any]]:
     from rlmed.data.sources import flat_doctor_prompts
 
-    prompts = flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts)
+    prompts = flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts, cache)
     # A row's own rubric and prompt_id (metadata) travel with its candidates to the reward source.
     return [{"id": f"p{i}", "messages": p.messages, "reference": p.reference,
              **({"metadata": p.metadata} if p.metadata else {})} for i, p in enumerate(prompts)]
@@ -176,9 +176,10 @@ def summary(scored: list[dict[str, Any]], pairs: list[dict[str, Any]], counts: d
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
     from rlmed import dist
+    from rlmed.data.prepared import DataCache
     from rlmed.rl.sources import build_reward_source
 
-    prompts = load_prompts(inputs, args, ctx.seed)
+    prompts = load_prompts(inputs, args, ctx.seed, DataCache.for_run(ctx.run_dir))
     candidates_file = ctx.output("candidates")
     if ctx.resume and candidates_file.exists():
         ctx.log.info("resuming: scoring the candidates already in %s", candidates_file)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rlmed.data.prepared import Codec, cached_map
 from rlmed.data.records import Record, type_name
 from rlmed.models.lora import ModelArgs
 from rlmed.stages.base import Input, StageContext, StageSpec
@@ -73,37 +74,57 @@ def kto_row(record: Record, fmt: str | None) -> dict[str, Any]:
     return {"prompt": messages, "completion": [{"role": "assistant", "content": completion}], "label": row["label"]}
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+KTO_ROWS = Codec("kto", kto_row, _same, _same)
+"""KTO rows through the run's data cache (rlmed.data.prepared): read once per node, memory-mapped."""
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {key: [r[key] for r in rows] for key in ("prompt", "completion", "label")}
+
+
+def kto_columns(cache: Any, items: Any, name: str) -> Any:
+    """The rows as the Dataset KTOTrainer takes (prompt, completion, label), cached per source, memory-mapped."""
+    from datasets import Features, Value
+
+    # trl's conversational KTO columns, declared so that every source's cached columns concatenate.
+    messages = [{"role": Value("string"), "content": Value("string")}]
+    features = Features({"prompt": messages, "completion": messages, "label": Value("bool")})
+    return cached_map(cache, "kto_columns", items, _columns, {"columns": "kto-1"}, features, desc=f"KTO {name} rows")
+
+
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
-    from datasets import Dataset
+    import numpy as np
     from trl import KTOTrainer
 
     from rlmed import training
+    from rlmed.data.prepared import DataCache
     from rlmed.data.sources import bad_row_metrics, load_sources
     from rlmed.models.loading import load_causal_lm, load_tokenizer
 
-    loaded = load_sources(inputs["data"], kto_row, seed=ctx.seed, total=args.num_samples)
-    rows = list(loaded.items)
-    n_eval = int(len(rows) * args.validation_fraction)
-    train_rows, eval_rows = rows[n_eval:], rows[:n_eval]
-    if not any(r["label"] for r in train_rows) or all(r["label"] for r in train_rows):
-        raise ValueError(f"KTO needs desirable and undesirable answers among the {len(train_rows)} training rows; "
-                         f"got {sum(r['label'] for r in train_rows)} desirable")
-
-    def dataset(items: list[dict[str, Any]]) -> Any:
-        return Dataset.from_dict({key: [r[key] for r in items] for key in ("prompt", "completion", "label")})
+    cache = DataCache.for_run(ctx.run_dir)
+    loaded = load_sources(inputs["data"], KTO_ROWS, seed=ctx.seed, total=args.num_samples, cache=cache)
+    n_eval = int(len(loaded.items) * args.validation_fraction)
+    train_set = kto_columns(cache, loaded.items[n_eval:], "train")
+    eval_set = kto_columns(cache, loaded.items[:n_eval], "validation") if n_eval else None
+    desirable = int(np.asarray(train_set.with_format("numpy")["label"]).sum()) if len(train_set) else 0
+    if desirable in (0, len(train_set)):
+        raise ValueError(f"KTO needs desirable and undesirable answers among the {len(train_set)} training rows; "
+                         f"got {desirable} desirable")
 
     tokenizer = load_tokenizer(inputs["model"])
-    config = training.trainer_config(ctx, "trl.KTOConfig", has_eval=bool(eval_rows))
+    config = training.trainer_config(ctx, "trl.KTOConfig", has_eval=eval_set is not None)
     model = load_causal_lm(inputs["model"], dtype=args.dtype, attn_implementation=args.attn_implementation)
     model, parameters = training.with_lora(model, args.lora)
-    trainer = KTOTrainer(model=model, args=config, train_dataset=dataset(train_rows),
-                         eval_dataset=dataset(eval_rows) if eval_rows else None, processing_class=tokenizer,
-                         callbacks=training.callbacks(ctx))
+    trainer = KTOTrainer(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
+                         processing_class=tokenizer, callbacks=training.callbacks(ctx))
     metrics = training.train(ctx, trainer)
     training.save_model(trainer, tokenizer, ctx.output("model"), ctx.output("merged") if args.merge else None)
-    desirable = sum(r["label"] for r in train_rows)
-    return {**metrics, **parameters, "train_rows": len(train_rows), "eval_rows": len(eval_rows),
-            "train_desirable": desirable, "train_undesirable": len(train_rows) - desirable,
+    return {**metrics, **parameters, "train_rows": len(train_set), "eval_rows": n_eval,
+            "train_desirable": desirable, "train_undesirable": len(train_set) - desirable,
             **bad_row_metrics(loaded)}
 
 

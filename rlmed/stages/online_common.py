@@ -75,13 +75,13 @@ def heldout_writer(ctx: StageContext, args: Args, heldout: list[dict[str, Any]],
     return write
 
 
-def prompt_rows(inputs: dict[str, Any], args: Args, seed: int) -> tuple[list[dict], list[dict]]:
+def prompt_rows(inputs: dict[str, Any], args: Args, seed: int, cache: Any = None) -> tuple[list[dict], list[dict]]:
     """The prompts ({prompt, reference, metadata}) in file order, split into held-out and training rows. The
     metadata (a row's own rubric and prompt_id) reaches the reward source with each sample."""
     from rlmed.data.sources import flat_doctor_prompts
 
     rows = [{"prompt": p.messages, "reference": p.reference, "metadata": p.metadata}
-            for p in flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts)]
+            for p in flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts, cache)]
     if len(rows) <= args.heldout_prompts:
         raise ValueError(f"{len(rows)} prompts, but heldout_prompts={args.heldout_prompts} leaves none to train on")
     return rows[: args.heldout_prompts], rows[args.heldout_prompts:]
@@ -101,12 +101,13 @@ def _run(ctx: StageContext, inputs: dict[str, Any], args: Args, trainer_path: st
     from datasets import Dataset
 
     from rlmed import dist, training
+    from rlmed.data.prepared import DataCache
     from rlmed.components import import_object
     from rlmed.models.loading import load_causal_lm, load_tokenizer
     from rlmed.rl.rewards import RewardCounter, UnscoredGate, checked_after_rewards, trl_reward
     from rlmed.rl.sources import build_reward_source
 
-    heldout, train_rows = prompt_rows(inputs, args, ctx.seed)
+    heldout, train_rows = prompt_rows(inputs, args, ctx.seed, DataCache.for_run(ctx.run_dir))
     source = build_reward_source(ctx.reward, ctx.run_dir, ctx.stage_dir)
     counter = RewardCounter()
     # trl scores each rank's own completions, so the counter holds this rank's share: the gate and the manifest

@@ -43,6 +43,7 @@ def micro_batching(ctx: StageContext, args: Args) -> RolloutSchedule:
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
     from rlmed import dist, training
+    from rlmed.data.prepared import DataCache
     from rlmed.rl.sources import build_reward_source
     from rlmed.data.chat import render_prompt
     from rlmed.models.loading import load_causal_lm, load_scalar_head_model, load_tokenizer
@@ -50,7 +51,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from rlmed.stages.online_common import heldout_writer, prompt_rows, reward_counts, save_and_measure
 
     schedule = micro_batching(ctx, args)
-    heldout, train_rows = prompt_rows(inputs, args, ctx.seed)
+    heldout, train_rows = prompt_rows(inputs, args, ctx.seed, DataCache.for_run(ctx.run_dir))
     source = build_reward_source(ctx.reward, ctx.run_dir, ctx.stage_dir)
 
     write_heldout = heldout_writer(ctx, args, heldout, source)

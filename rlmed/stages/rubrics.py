@@ -58,14 +58,15 @@ class Args:
             raise ValueError(f"max_failed_fraction must be within 0..1, got {self.max_failed_fraction}")
 
 
-def distinct_prompts(inputs: dict[str, Any], args: Args, seed: int) -> tuple[list[dict[str, Any]], int, int]:
+def distinct_prompts(inputs: dict[str, Any], args: Args, seed: int,
+                     cache: Any = None) -> tuple[list[dict[str, Any]], int, int]:
     """The prompts in file order, one per prompt_key (the first doctor reply wins), how many repeats were
     dropped (one rubric per prompt is what a join by prompt can use), and how many were left out because their
     row has its own rubric (which the reward source reads first, so a written one would never be used)."""
     from reward.rubric import prompt_key
     from rlmed.data.sources import flat_doctor_prompts
 
-    prompts = flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts)
+    prompts = flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts, cache)
     own = [p for p in prompts if p.metadata.get("rubrics") is not None]
     rows: dict[str, dict[str, Any]] = {}
     for p in prompts:
@@ -78,9 +79,10 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     import asyncio
 
     from rlmed.artifacts import atomic_write_jsonl
+    from rlmed.data.prepared import DataCache
     from rlmed.rl.sources import build_reward_source
 
-    prompts, repeated, own = distinct_prompts(inputs, args, ctx.seed)
+    prompts, repeated, own = distinct_prompts(inputs, args, ctx.seed, DataCache.for_run(ctx.run_dir))
     if own:
         ctx.log.info("%d prompts have their own rubric in the data and get none written", own)
     writer = build_reward_source(args.writer, ctx.run_dir, ctx.stage_dir)  # gets the judge cache and audit log

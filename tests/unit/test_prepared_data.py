@@ -42,6 +42,33 @@ def test_arrow_path_gives_the_in_memory_items_in_the_same_order(tmp_path, codec,
     assert arrow.source_ids == in_memory.source_ids and arrow.counts == in_memory.counts
 
 
+def test_doctor_prompts_through_the_cache_equal_the_list_path_and_only_the_cap_is_decoded(tmp_path, monkeypatch):
+    """ai_feedback, grpo/rloo/ppo and rubrics read their prompts this way: a rubric row's metadata survives the
+    Arrow round trip, a second stage reuses the entry, and a bad row past the cap still stops the stage."""
+    from rlmed.data import sources as sources_module
+    from rlmed.data.sources import flat_doctor_prompts
+
+    rubric = {"prompt_id": "hb-1", "prompt": [{"role": "user", "content": "孩子高烧不退"}],
+              "rubrics": [{"criterion": "说明何时就医", "points": 5, "tags": ["axis:completeness"]}]}
+    sources = [source("doctor_dialogues.jsonl"), DataSource(path=str(write_jsonl(tmp_path / "hb.jsonl", [rubric])))]
+    cache = DataCache(tmp_path / "cache")
+    listed = flat_doctor_prompts(sources, seed=1)
+    assert flat_doctor_prompts(sources, seed=1, cache=cache) == listed and listed[-1].metadata["prompt_id"] == "hb-1"
+
+    decoded = []
+    codec = sources_module.doctor_prompts
+    counting = sources_module.Codec(codec.name, codec.convert, codec.encode,
+                                    lambda items: decoded.append(1) or codec.decode(items))
+    monkeypatch.setattr(sources_module, "doctor_prompts", counting)
+    assert flat_doctor_prompts(sources, seed=1, max_prompts=7, cache=cache) == listed[:7]
+    assert len(decoded) <= 7 + 1  # rows decoded: up to the cap (one row may give several prompts), not all 401
+    assert actions(cache)[-2:] == [("rows", "reused"), ("rows", "reused")]
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "咳嗽", "answer": "多喝水"}, {"question": "发烧"}])
+    with pytest.raises(DataError, match="bad.jsonl:2: missing field 'reference'"):
+        flat_doctor_prompts([DataSource(path=str(bad))], seed=1, max_prompts=1, cache=cache)
+
+
 def test_preference_pairs_come_back_as_pairs(tmp_path):
     rows = [{"prompt": f"孩子发烧{i}天怎么办", "chosen": f"先测体温{i}", "rejected": f"用酒精擦{i}"} for i in range(30)]
     sources = [DataSource(path=str(write_jsonl(tmp_path / "pairs.jsonl", rows)))]
