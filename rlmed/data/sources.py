@@ -98,17 +98,21 @@ def scan_source(source: DataSource) -> list[Row]:
     return list(iter_source(source))
 
 
-def source_records(source: DataSource) -> list[Record]:
-    """Rows of one source with their place (file and line, or Hub id and row number), columns renamed.
+def source_records(source: DataSource, limit: int | None = None) -> list[Record]:
+    """Rows of one source with their place (file and line, or Hub id and row number), columns renamed; with a
+    `limit`, only the first that many, read as a stream (the rest of the file is not read).
 
     The first unreadable row raises its DataError, whatever `on_bad_rows` says: skipping needs a converter to
     judge rows by, so it lives in :func:`convert_source`.
     """
-    rows = scan_source(source)
-    for row in rows:
+    rows: list[Record] = []
+    for row in iter_source(source):
+        if limit is not None and len(rows) >= limit:
+            break
         if isinstance(row, DataError):
             raise row
-    return rows  # type: ignore[return-value]  # no DataError left in it
+        rows.append(row)
+    return rows
 
 
 def iter_converted(source: DataSource, convert: Callable[[Record, str | None], T],

@@ -163,16 +163,17 @@ def set_kind(rows: list[dict[str, Any]]) -> str:
     return "generation"
 
 
-def benchmark_records(source: Any) -> tuple[list[Any], str | None]:
+def benchmark_records(source: Any, limit: int | None = None) -> tuple[list[Any], str | None]:
     """A source's rows, and the benchmark its container says it is (a CMMLU CSV, a MedS-Bench task file: files
-    rlmed.data.records does not read); the other sources through rlmed.data.sources, Hub errors included."""
+    rlmed.data.records does not read); the other sources through rlmed.data.sources, Hub errors included, only
+    the first `limit` rows read when given."""
     from rlmed.data.columns import rename_rows
     from rlmed.data.sources import source_records
     from rlmed.eval.benchmarks import read_benchmark_file
 
     found = read_benchmark_file(source.path) if source.is_local else None
     if found is None:
-        return source_records(source), None
+        return source_records(source, limit), None
     records, fmt = found
     return list(rename_rows(records, source.columns)), fmt
 
@@ -185,7 +186,10 @@ def load_eval_set(source: Any, args: Args, name: str = "") -> tuple[str, list[Ev
     from rlmed.eval.benchmarks import CHOICE_FORMATS, detect_benchmark
     from rlmed.eval.generations import row_tags
 
-    records, hint = benchmark_records(source)
+    # Every row gives at least one eval row, so max_rows (and the set's own few-shot examples) bound the rows
+    # to read: a cap over a large benchmark file reads only its head.
+    limit = None if args.max_rows is None else args.max_rows + (0 if name in args.few_shot_from else args.few_shot)
+    records, hint = benchmark_records(source, limit)
     fmt = source.format if source.format in BENCHMARK_FORMATS else None
     if source.format is None:
         fmt = hint or (detect_benchmark(records[0].row) if records else None)

@@ -210,3 +210,15 @@ def test_a_hub_dataset_id_fails_clearly_without_a_hub():
         source_records(DataSource("some-org/some-dataset", is_local=False))
     assert str(info.value).startswith("some-org/some-dataset: not a local file, and the Hub dataset could not be")
     assert "point the recipe at the local copy" in str(info.value)
+
+
+def test_a_limit_reads_only_the_head_of_a_source(tmp_path):
+    """evaluate's max_rows: the rows past the cap are never read, so a broken line there does not matter."""
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(5)) + "{broken\n",
+                    encoding="utf-8")
+    head = source_records(DataSource(str(path)), limit=3)
+    assert [(r.line, r.row["question"]) for r in head] == [(1, "q0"), (2, "q1"), (3, "q2")]
+    assert len(source_records(DataSource(str(path)), limit=5)) == 5
+    with pytest.raises(DataError, match="big.jsonl:6"):
+        source_records(DataSource(str(path)))
