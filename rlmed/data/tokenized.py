@@ -124,7 +124,8 @@ def trainer_ready(dataset: Any) -> tuple[Any, int]:
 
     if "trainable_tokens" not in dataset.column_names:
         raise ValueError("trainer_ready needs a dataset tokenised with truncate=... (no trainable_tokens column)")
-    counts = np.asarray(dataset.with_format("numpy")["trainable_tokens"])
+    # One column gathered in Arrow: the numpy format fetches row by row through the selection (12 s at 200k).
+    counts = dataset.select_columns(["trainable_tokens"]).with_format("arrow")[:]["trainable_tokens"].to_numpy()
     keep = np.flatnonzero(counts > 0)
     if len(keep) < len(dataset):
         dataset = dataset.select(keep)

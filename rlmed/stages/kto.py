@@ -97,7 +97,6 @@ def kto_columns(cache: Any, items: Any, name: str) -> Any:
 
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:
-    import numpy as np
     from trl import KTOTrainer
 
     from rlmed import training
@@ -110,7 +109,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     n_eval = int(len(loaded.items) * args.validation_fraction)
     train_set = kto_columns(cache, loaded.items[n_eval:], "train")
     eval_set = kto_columns(cache, loaded.items[:n_eval], "validation") if n_eval else None
-    desirable = int(np.asarray(train_set.with_format("numpy")["label"]).sum()) if len(train_set) else 0
+    labels = train_set.select_columns(["label"]).with_format("arrow")[:]["label"] if len(train_set) else None
+    desirable = int(labels.to_numpy(zero_copy_only=False).sum()) if labels is not None else 0
     if desirable in (0, len(train_set)):
         raise ValueError(f"KTO needs desirable and undesirable answers among the {len(train_set)} training rows; "
                          f"got {desirable} desirable")
