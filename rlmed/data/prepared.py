@@ -294,18 +294,20 @@ def cached_map(cache: DataCache, kind: str, items: ArrowItems, function: Callabl
         if not len(rows):
             continue
         whole = {"rows": name, "subset": "all", **parts}
-        source = Dataset.from_file(str(cache.root / name / "rows.arrow"))
+        rows_file = cache.root / name / "rows.arrow"
+        source = Dataset.from_file(str(rows_file))
         # Map the whole source when the items take most of it, or when that is done already (a validation split
         # after its training split): one pass per source serves every split and seed. A small sample of a large
         # source maps only its own rows.
         if 2 * len(rows) >= n_rows or cache.find(kind, whole) is not None:
-            mapped_parts.append(_map_entry(cache, kind, source, items.decode, function, whole, features, desc))
+            mapped_parts.append(_map_entry(cache, kind, source, items.decode, function, whole, features, desc,
+                                           rows_file))
             positions[inside] = done + local
             done += n_rows
         else:
             subset = {**whole, "subset": hashlib.sha256(rows.tobytes()).hexdigest()}
             mapped_parts.append(_map_entry(cache, kind, source.select(rows), items.decode, function, subset,
-                                           features, desc))
+                                           features, desc, rows_file))
             positions[inside] = done + np.searchsorted(rows, local)
             done += len(rows)
     if not mapped_parts:
@@ -316,13 +318,20 @@ def cached_map(cache: DataCache, kind: str, items: ArrowItems, function: Callabl
 
 def _map_entry(cache: DataCache, kind: str, source: Any, decode: Callable[[Any], Any],
                function: Callable[[list[Any]], dict[str, list]], parts: dict[str, Any], features: Any,
-               desc: str) -> Any:
-    """One source's rows mapped by `function` into a cache entry (built once), memory-mapped."""
+               desc: str, rows_file: Path) -> Any:
+    """One source's rows mapped by `function` into a cache entry (built once), memory-mapped. Each worker lets
+    go of the source's pages after every batch (rlmed.data.mapped_pages), so its memory does not grow with its
+    share of the rows."""
+    from rlmed.data.mapped_pages import release_mapped_pages
+
     n = len(source)
 
     def build(folder: Path) -> dict[str, Any]:
         def batch(rows: dict[str, list]) -> dict[str, list]:
-            return function([decode(json.loads(text)) for text in rows["item"]])
+            items = [decode(json.loads(text)) for text in rows["item"]]
+            del rows
+            release_mapped_pages(rows_file)
+            return function(items)
 
         num_proc = default_num_proc(n)
         mapped = source.map(batch, batched=True, batch_size=WRITE_BATCH, remove_columns=["item"],
