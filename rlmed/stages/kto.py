@@ -102,6 +102,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     from rlmed import training
     from rlmed.data.prepared import DataCache
     from rlmed.data.sources import bad_row_metrics, load_sources
+    from rlmed.data.tokenized import column_values
     from rlmed.models.loading import load_causal_lm, load_tokenizer
 
     cache = DataCache.for_run(ctx.run_dir)
@@ -109,8 +110,7 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
     n_eval = int(len(loaded.items) * args.validation_fraction)
     train_set = kto_columns(cache, loaded.items[n_eval:], "train")
     eval_set = kto_columns(cache, loaded.items[:n_eval], "validation") if n_eval else None
-    labels = train_set.select_columns(["label"]).with_format("arrow")[:]["label"] if len(train_set) else None
-    desirable = int(labels.to_numpy(zero_copy_only=False).sum()) if labels is not None else 0
+    desirable = int(column_values(train_set, "label").sum()) if len(train_set) else 0
     if desirable in (0, len(train_set)):
         raise ValueError(f"KTO needs desirable and undesirable answers among the {len(train_set)} training rows; "
                          f"got {desirable} desirable")
