@@ -115,7 +115,23 @@ def _maxrss(who: int) -> int:
 
 def _mark() -> dict[str, float]:
     return {"time": time.time(), "clock": time.perf_counter(), "maxrss_self": _maxrss(resource.RUSAGE_SELF),
-            "maxrss_children": _maxrss(resource.RUSAGE_CHILDREN)}
+            "maxrss_children": _maxrss(resource.RUSAGE_CHILDREN), **_resident_now()}
+
+
+def _resident_now() -> dict[str, int]:
+    """This process's resident memory now by kind (Linux): anonymous, file-backed (mapped files, the Arrow
+    cache's among them) and shared memory, in bytes; to tell which kind a peak grew in."""
+    fields = {"RssAnon:": "rss_anon_now", "RssFile:": "rss_file_now", "RssShmem:": "rss_shmem_now"}
+    found: dict[str, int] = {}
+    try:
+        with open("/proc/self/status", encoding="utf-8") as status:
+            for line in status:
+                parts = line.split()
+                if parts and parts[0] in fields:
+                    found[fields[parts[0]]] = int(parts[1]) * 1024
+    except OSError:
+        pass
+    return found
 
 
 def read_through(datasets: list[Any]) -> dict[str, int]:
@@ -324,7 +340,8 @@ def measure(spec: dict, work: Path, label: str) -> dict[str, Any]:
         seconds = end["clock"] - begin["clock"]
         fig: dict[str, Any] = {"seconds": seconds, "rows_per_s": rows / seconds if seconds else 0.0,
                                "maxrss_self": end["maxrss_self"], "maxrss_children": end["maxrss_children"],
-                               "maxrss_self_plus_children": end["maxrss_self"] + end["maxrss_children"]}
+                               "maxrss_self_plus_children": end["maxrss_self"] + end["maxrss_children"],
+                               **{k: v for k, v in end.items() if k.endswith("_now")}}
         fig.update(sampler.peaks(begin["time"], end["time"]) or {})
         return fig
 

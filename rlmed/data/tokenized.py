@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 
 from rlmed.data.prepared import ArrowItems, DataCache, cached_map, open_files, write_column
 
-__all__ = ["TOKENIZE_CHUNK", "column_values", "dialogue_columns", "packed_blocks", "sft_truncation", "skip_trainer_preparation",
-           "tokenize_all", "tokenize_texts", "tokenizer_hash", "trainer_ready"]
+__all__ = ["TOKENIZE_CHUNK", "column_values", "dialogue_columns", "packed_blocks", "sft_truncation",
+           "skip_trainer_preparation", "tokenize_all", "tokenize_texts", "tokenizer_hash", "trainer_ready"]
 
 TOKENIZE_CHUNK = 1024  # dialogues per batched tokenizer call
 COLUMN_BATCH = 20_000  # rows per Arrow batch when one column is read whole (column_values)

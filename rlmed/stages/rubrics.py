@@ -110,7 +110,8 @@ def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]
             for tag in item.tags:
                 categories[tag] = categories.get(tag, 0) + 1
     metrics: dict[str, Any] = {
-        "prompts": len(prompts), "repeated_prompts": repeated, "own_rubrics": own, "written": len(rows), "failed": len(failed),
+        "prompts": len(prompts), "repeated_prompts": repeated, "own_rubrics": own, "written": len(rows),
+        "failed": len(failed),
         "failed_fraction": len(failed) / max(1, len(prompts)),
         "items_per_prompt_mean": sum(sizes) / len(sizes) if sizes else 0.0,
         "items_min": min(sizes, default=0), "items_max": max(sizes, default=0), "items_by_tag": categories,

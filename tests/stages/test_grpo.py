@@ -10,13 +10,14 @@ import pytest
 from tests.stages.conftest import manifest, run_recipe, sample
 
 # Held-out reward (mean -len/50 over 24 held-out answers; manifest heldout_reward_end - _start) must rise at least
-# the bar with the learnable reward and stay under a lower ceiling with the shuffled one. Measured with this
-# test's stages over seeds 1, 2 (this machine): grpo 0.144, 0.137 against shuffled -0.038, 0.013; rloo 0.057,
-# 0.180 against shuffled -0.033, -0.010. A similar sweep over seeds 1-4 gave grpo 0.117-0.456 (shuffled <= 0.010)
-# and rloo 0.146-0.368 (shuffled <= 0.008). This replaced a 4-character shortening bar that was also the
-# control's ceiling, and rloo had no control.
+# MIN_HELDOUT_RISE with the learnable reward, and at least MIN_GAP more than with the shuffled one. Both runs start
+# from the same model, seed and held-out answers, so the gap is a paired comparison. Measured with this test's
+# stages over seeds 1-6 (this machine, 2026-12-07): grpo rose 0.137-0.367, its control -0.067-0.096, gap
+# 0.098-0.366; rloo rose 0.057-0.383, control -0.033-0.103, gap 0.090-0.357. A fixed ceiling on the control (the
+# old check) failed at seeds 3 and 4: random updates from a shuffled reward also shorten answers a little, so the
+# control is not centred on 0. The bars are about half the lowest of six seeds, for other CPUs' trajectories.
 MIN_HELDOUT_RISE = {"grpo": 0.06, "rloo": 0.025}
-MAX_CONTROL_RISE = {"grpo": 0.04, "rloo": 0.015}
+MIN_GAP = {"grpo": 0.05, "rloo": 0.045}
 
 
 def grpo_stage(model, shuffle: bool, kind: str = "grpo") -> dict:
@@ -54,6 +55,6 @@ def test_learns_a_learnable_reward_and_not_a_shuffled_one(tmp_path, tiny_model, 
     assert run_recipe(tmp_path / "control", [grpo_stage(tiny_model, shuffle=True, kind=kind)]) == 0
     assert manifest(tmp_path / "learn", "grpo")["kind"] == kind
     rise = {name: heldout_rise(tmp_path / name) for name in ("learn", "control")}
-    assert rise["learn"] >= MIN_HELDOUT_RISE[kind] and rise["control"] < MAX_CONTROL_RISE[kind], rise
+    assert rise["learn"] >= MIN_HELDOUT_RISE[kind] and rise["learn"] - rise["control"] >= MIN_GAP[kind], rise
     m = manifest(tmp_path / "learn", "grpo")["metrics"]
     assert m["rewards_unscored"] == 0 and m["rewards_scored"] == 32 * 8
