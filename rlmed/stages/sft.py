@@ -112,6 +112,9 @@ def ready_sets(tokenizer: Any, train_rows: Any, eval_rows: Any, cache: Any, conf
         data = tokenize_all(tokenizer, rows, name, cache, dialogue_of=dialogue_of, truncate=cut)
         if cut is not None:
             data, dropped[f"{name}_rows_truncated_away"] = trainer_ready(data)
+            if not len(data):
+                raise ValueError(f"every {name} dialogue lost all its assistant tokens to trainer.max_length="
+                                 f"{cut[0]} ({cut[1]}): raise max_length, or set trainer.truncation_mode: keep_end")
         sets.append(data)
     if cut is not None:
         skip_trainer_preparation(config)

@@ -21,7 +21,8 @@ def rows_of(dataset) -> list[tuple[list[int], list[int]]]:
 
 
 def config(tmp_path, **fields) -> SFTConfig:
-    return SFTConfig(output_dir=str(tmp_path / "out"), report_to=[], max_length=MAX_LENGTH, bf16=False, **fields)
+    return SFTConfig(**{"output_dir": str(tmp_path / "out"), "report_to": [], "max_length": MAX_LENGTH, "bf16": False,
+                        **fields})
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +81,10 @@ def test_a_changed_max_length_is_a_new_cache_entry_and_the_untruncated_one_is_ke
     assert [r[:128] for r in whole["input_ids"]] == cut_128["input_ids"]
     built = [e for e in cache.events() if e["action"] == "prepared" and e["entry"].startswith("tokens")]
     assert len(built) == 3
+
+
+def test_a_cut_that_leaves_nothing_to_train_says_which_setting_to_change(tmp_path, tiny_tokenizer):
+    cache = DataCache(tmp_path / "cache")
+    items = load_sources([DataSource(path=str(SAMPLE / "dialogues.jsonl"))], dialogue, seed=3, cache=cache).items
+    with pytest.raises(ValueError, match="every train dialogue lost all its assistant tokens to trainer.max_length=16"):
+        ready_sets(tiny_tokenizer, items, [], cache, config(tmp_path, max_length=16))
