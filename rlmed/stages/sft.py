@@ -114,7 +114,8 @@ def ready_sets(tokenizer: Any, train_rows: Any, eval_rows: Any, cache: Any, conf
             data, dropped[f"{name}_rows_truncated_away"] = trainer_ready(data)
             if not len(data):
                 raise ValueError(f"every {name} dialogue lost all its assistant tokens to trainer.max_length="
-                                 f"{cut[0]} ({cut[1]}): raise max_length, or set trainer.truncation_mode: keep_end")
+                                 f"{cut[0]} ({cut[1]} keeps each dialogue's first {cut[0]} tokens): raise "
+                                 f"trainer.max_length")
         sets.append(data)
     if cut is not None:
         skip_trainer_preparation(config)
