@@ -48,15 +48,20 @@ WRITE_BATCH = 1000  # rows per Arrow record batch written
 MIN_ROWS_PER_WORKER = 5000
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
 @dataclass(frozen=True)
 class Codec(Generic[T]):
-    """A converter (record -> item) with the JSON form its items take in the cache. `name` goes into cache keys:
-    it must change whenever `convert` would give different items for the same rows."""
+    """A converter (record -> item) with the JSON form its items take in the cache (by default the item itself,
+    for items that are JSON already). `name` goes into cache keys: it must change whenever `convert` would give
+    different items for the same rows."""
 
     name: str
     convert: Callable[[Any, str | None], T]
-    encode: Callable[[T], Any]
-    decode: Callable[[Any], T]
+    encode: Callable[[T], Any] = _as_is
+    decode: Callable[[Any], T] = _as_is
 
     def __call__(self, record: Any, fmt: str | None) -> T:
         return self.convert(record, fmt)

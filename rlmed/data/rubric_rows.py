@@ -12,11 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rlmed.data.formats import ROLES
 from rlmed.data.records import Record
 
-__all__ = ["ROLES", "row_messages", "row_rubric_metadata", "row_rubrics"]
-
-ROLES = ("system", "user", "assistant")
+__all__ = ["row_messages", "row_rubric_metadata", "row_rubrics"]
 
 
 def row_rubrics(record: Record) -> list[dict[str, Any]] | None:

@@ -267,14 +267,10 @@ def _doctor_prompts(record: Record, fmt: str | None) -> list[DoctorPrompt]:
     return as_doctor_prompts(record, fmt)
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 # The converters stages read rows with. Each is a Codec, so that with a DataCache its items go through Arrow.
-dialogue: Codec[list[dict[str, Any]]] = Codec("dialogue", _dialogue, _same, _same)
+dialogue: Codec[list[dict[str, Any]]] = Codec("dialogue", _dialogue)
 """A training dialogue (ends with the assistant)."""
-text: Codec[str] = Codec("text", _text, _same, _same)
+text: Codec[str] = Codec("text", _text)
 """Text for pretraining; dialogue rows are flattened (hybrid instruction pretraining)."""
 pair: Codec[Pair] = Codec("pair", _pair, dataclasses.asdict, lambda d: Pair(**d))
 """A preference pair (prompt, chosen, rejected), for reward-model and DPO-style stages."""

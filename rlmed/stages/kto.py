@@ -74,11 +74,7 @@ def kto_row(record: Record, fmt: str | None) -> dict[str, Any]:
     return {"prompt": messages, "completion": [{"role": "assistant", "content": completion}], "label": row["label"]}
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
-KTO_ROWS = Codec("kto", kto_row, _same, _same)
+KTO_ROWS = Codec("kto", kto_row)
 """KTO rows through the run's data cache (rlmed.data.prepared): read once per node, memory-mapped."""
 
 

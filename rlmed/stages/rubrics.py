@@ -67,12 +67,14 @@ def distinct_prompts(inputs: dict[str, Any], args: Args, seed: int,
     from rlmed.data.sources import flat_doctor_prompts
 
     prompts = flat_doctor_prompts(inputs["prompts"], seed, args.max_prompts, cache)
-    own = [p for p in prompts if p.metadata.get("rubrics") is not None]
+    own = 0
     rows: dict[str, dict[str, Any]] = {}
     for p in prompts:
-        if p.metadata.get("rubrics") is None:
-            rows.setdefault(prompt_key(p.messages), {"prompt": p.messages, "reference": p.reference})
-    return [{"prompt_id": key, **row} for key, row in rows.items()], len(prompts) - len(own) - len(rows), len(own)
+        if p.metadata.get("rubrics") is not None:
+            own += 1
+            continue
+        rows.setdefault(prompt_key(p.messages), {"prompt": p.messages, "reference": p.reference})
+    return [{"prompt_id": key, **row} for key, row in rows.items()], len(prompts) - own - len(rows), own
 
 
 def run(ctx: StageContext, inputs: dict[str, Any], args: Args) -> dict[str, Any]:

@@ -13,13 +13,13 @@ import pytest
 from tests.conftest import write_jsonl
 from tests.reward.server import JudgeServer
 from tests.stages.conftest import manifest, run_recipe
+from tests.stages.test_rubrics_stage import fenced as fenced_parts
 
 ROWS = 12
 
 
 def fenced(text: str, kind: str) -> list[str]:
-    return [body for _, body in re.findall(rf'<(data-[0-9a-f]{{16}}) kind="{kind}"[^>]*>\n(.*?)\n</\1>', text,
-                                           flags=re.S)]
+    return [body for _, body in fenced_parts(text, kind)]
 
 
 def grader(body: dict) -> str:
