@@ -25,11 +25,11 @@ Each path then runs in a fresh Python process of its own, so its peak memory is 
 With `--trainer-prep` (the default) "rlmed + trainer" is the like-for-like figure against trl's path, which ends
 at the same point: the sets SFTTrainer trains on. Since the sft stage skips SFTTrainer's preparation (above), it
 equals the rlmed phase; where the stage could not skip it (a config with packing) it would add SFTTrainer's
-preparation of the tokenised sets, timed apart. Each phase ends by reading its result
-batch-wise (`Dataset.iter` in Arrow format: rows and the lengths of `input_ids`, so any lazy select or filter is
-paid), inside its time. After the measured phases each process sums every token id of its final datasets: a
-cross-check that, after the trainer's truncation, both paths hold the same rows and tokens (the order differs:
-rlmed's mixing shuffles).
+preparation of the tokenised sets, timed apart. Each phase ends by reading its result batch-wise (`Dataset.iter`
+in Arrow format: rows and the lengths of `input_ids`, so any lazy select or filter is paid; the pages this read
+maps are let go after each batch, in both paths), inside its time. After the measured phases each process sums
+every token id of its final datasets: a cross-check that, after the trainer's truncation, both paths hold the
+same rows and tokens (the order differs: rlmed's mixing shuffles).
 
 Worker processes: `--num-proc`, given to rlmed as RLMED_DATA_NUM_PROC and to trl as `dataset_num_proc`; without
 it rlmed picks its own (rlmed.data.prepared.default_num_proc: the CPUs, at most one per 5000 rows, so the
@@ -137,8 +137,12 @@ def _resident_now() -> dict[str, int]:
 def read_through(datasets: list[Any]) -> dict[str, int]:
     """Rows and tokens (`input_ids` lengths) of the datasets, read batch-wise with `Dataset.iter` in Arrow form:
     through any indices mapping (a select, a filter), so lazy work is paid here, while a plain memory-mapped
-    file's token values are not paged in (the lengths come from the list offsets)."""
+    file's token values are not paged in (the lengths come from the list offsets). The pages it reads are let go
+after each batch, in either path (rlmed.data.mapped_pages): each batch's offsets map a block of pages into RSS,
+130 bytes or more per row, which measure this check, not the preparation."""
     import pyarrow.compute as pc
+
+    from rlmed.data.mapped_pages import release_dataset_pages
 
     rows = tokens = 0
     for dataset in datasets:
@@ -146,6 +150,7 @@ def read_through(datasets: list[Any]) -> dict[str, int]:
             column = batch.column("input_ids")
             rows += len(column)
             tokens += pc.sum(pc.list_value_length(column)).as_py() or 0
+            release_dataset_pages(dataset)  # this check's own reads are not the preparation's memory
     return {"rows": rows, "tokens": tokens}
 
 

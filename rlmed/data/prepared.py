@@ -43,7 +43,11 @@ __all__ = ["ArrowItems", "Codec", "DataCache", "cached_map", "default_num_proc"]
 CACHE_VERSION = 1
 RECORD = "record.json"
 EVENTS = "events.jsonl"
-WRITE_BATCH = 1000  # rows per Arrow record batch written
+WRITE_BATCH = 1000  # rows per Arrow record batch written (and per batch of a map)
+# A prepared source's rows (JSON text) are written in larger record batches: up to this many rows, or about
+# this many characters (8-32 MB of UTF-8), whichever comes first.
+ITEM_BATCH_ROWS = 50_000
+ITEM_BATCH_CHARS = 8 << 20
 # Below this many rows a map runs in this process: starting workers costs more than it saves.
 MIN_ROWS_PER_WORKER = 5000
 
@@ -188,21 +192,25 @@ def _describe(parts: dict[str, Any]) -> str:
     return str(parts.get("columns", "derived"))
 
 
-def write_column(path: Path, name: str, arrow_type: Any, values: Iterator[Any]) -> int:
+def write_column(path: Path, name: str, arrow_type: Any, values: Iterator[Any], max_rows: int = WRITE_BATCH,
+                 max_chars: int | None = None) -> int:
     """Write `values` as the one column `name` of an Arrow stream file, a record batch at a time (so memory
-    does not grow with the file); the row count."""
+    does not grow with the file): at most `max_rows` values a batch, and for text at most about `max_chars`
+    characters; the row count."""
     import pyarrow as pa
 
     schema = pa.schema([(name, arrow_type)])
-    count = 0
+    count = chars = 0
     batch: list[Any] = []
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for value in values:
             batch.append(value)
-            if len(batch) >= WRITE_BATCH:
+            if max_chars is not None:
+                chars += len(value)
+            if len(batch) >= max_rows or (max_chars is not None and chars >= max_chars):
                 writer.write_batch(pa.record_batch([pa.array(batch, arrow_type)], schema=schema))
                 count += len(batch)
-                batch = []
+                batch, chars = [], 0
         if batch:
             writer.write_batch(pa.record_batch([pa.array(batch, arrow_type)], schema=schema))
             count += len(batch)
@@ -210,18 +218,27 @@ def write_column(path: Path, name: str, arrow_type: Any, values: Iterator[Any]) 
 
 
 def write_items(path: Path, items: Iterator[Any], encode: Callable[[Any], Any]) -> int:
-    """Write items as one JSON text column `item` of an Arrow stream file; the row count."""
+    """Write items as one JSON text column `item` of an Arrow stream file; the row count. Record batches are as
+    large as ITEM_BATCH_CHARS allows: every process that opens the file reads each batch's header, and each such
+    read maps a block of pages into its RSS (rlmed.data.mapped_pages), so fewer batches cost less per row."""
     import pyarrow as pa
 
     return write_column(path, "item", pa.large_string(),
-                        (json.dumps(encode(item), ensure_ascii=False) for item in items))
+                        (json.dumps(encode(item), ensure_ascii=False) for item in items),
+                        max_rows=ITEM_BATCH_ROWS, max_chars=ITEM_BATCH_CHARS)
 
 
 def open_files(folder: Path, names: Sequence[str]) -> Any:
-    """The memory-mapped Dataset of an entry's Arrow files, in order."""
+    """The memory-mapped Dataset of an entry's Arrow files, in order. Opening a file reads every record batch's
+    header; those pages are let go at once (rlmed.data.mapped_pages), so opening costs no RSS per row."""
     from datasets import Dataset, concatenate_datasets
 
-    parts = [Dataset.from_file(str(folder / name)) for name in names]
+    from rlmed.data.mapped_pages import release_mapped_pages
+
+    parts = []
+    for name in names:
+        parts.append(Dataset.from_file(str(folder / name)))
+        release_mapped_pages(folder / name)
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 
@@ -289,36 +306,70 @@ def cached_map(cache: DataCache, kind: str, items: ArrowItems, function: Callabl
     import numpy as np
     from datasets import Dataset, concatenate_datasets
 
+    from rlmed.data.mapped_pages import release_dataset_pages
+
     mapped_parts = []
     positions = np.empty(len(items.indices), dtype=np.int64)
     done = 0
     for (name, n_rows), offset in zip(items.parts, items.offsets):
-        inside = (items.indices >= offset) & (items.indices < offset + n_rows)
-        local = items.indices[inside] - offset
-        rows = np.unique(local)  # sorted: file order
-        if not len(rows):
-            continue
-        whole = {"rows": name, "subset": "all", **parts}
-        rows_file = cache.root / name / "rows.arrow"
-        source = Dataset.from_file(str(rows_file))
-        # Map the whole source when the items take most of it, or when that is done already (a validation split
-        # after its training split): one pass per source serves every split and seed. A small sample of a large
-        # source maps only its own rows.
-        if 2 * len(rows) >= n_rows or cache.find(kind, whole) is not None:
-            mapped_parts.append(_map_entry(cache, kind, source, items.decode, function, whole, features, desc,
-                                           rows_file))
-            positions[inside] = done + local
-            done += n_rows
-        else:
-            subset = {**whole, "subset": hashlib.sha256(rows.tobytes()).hexdigest()}
-            mapped_parts.append(_map_entry(cache, kind, source.select(rows), items.decode, function, subset,
-                                           features, desc, rows_file))
-            positions[inside] = done + np.searchsorted(rows, local)
-            done += len(rows)
+        mapped, done = _map_source(cache, kind, items, name, n_rows, offset, function, parts, features, desc,
+                                   positions, done)
+        if mapped is not None:
+            mapped_parts.append(mapped)
     if not mapped_parts:
         return Dataset.from_dict({})
     whole = mapped_parts[0] if len(mapped_parts) == 1 else concatenate_datasets(mapped_parts)
-    return whole.select(positions)
+    selected = whole.select(positions)
+    release_dataset_pages(selected)
+    return selected
+
+
+def _map_source(cache: DataCache, kind: str, items: ArrowItems, name: str, n_rows: int, offset: int,
+                function: Callable[[list[Any]], dict[str, list]], parts: dict[str, Any], features: Any, desc: str,
+                positions: Any, done: int) -> tuple[Any, int]:
+    """One source's share of :func:`cached_map`: its mapped Dataset (None when the items take none of its rows),
+    with `positions` filled in where the items take its rows, and the running row count. A function of its own
+    so that the per-source index arrays (8 bytes a row each) are gone before the next source's are made."""
+    import numpy as np
+    from datasets import Dataset
+
+    from rlmed.data.mapped_pages import release_mapped_pages
+
+    if len(items.parts) == 1:  # the usual case: every index is this source's row, no copy needed
+        inside, local = slice(None), items.indices
+    else:
+        inside = (items.indices >= offset) & (items.indices < offset + n_rows)
+        local = items.indices[inside] - offset
+    taken = np.zeros(n_rows, dtype=bool)  # 1 byte a source row, where sorting the indices took 3 x 8
+    taken[local] = True
+    rows = np.flatnonzero(taken)  # sorted: file order
+    del taken
+    if not len(rows):
+        return None, done
+    whole = {"rows": name, "subset": "all", **parts}
+    rows_file = cache.root / name / "rows.arrow"
+    source = Dataset.from_file(str(rows_file))
+    release_mapped_pages(rows_file)  # the batch headers opening read (see open_files)
+    # Map the whole source when the items take most of it, or when that is done already (a validation split
+    # after its training split): one pass per source serves every split and seed. A small sample of a large
+    # source maps only its own rows.
+    if 2 * len(rows) >= n_rows or cache.find(kind, whole) is not None:
+        del rows
+        mapped = _map_entry(cache, kind, source, items.decode, function, whole, features, desc, rows_file)
+        if isinstance(inside, slice):
+            np.add(local, done, out=positions)
+        else:
+            positions[inside] = done + local
+        done += n_rows
+    else:
+        subset = {**whole, "subset": hashlib.sha256(rows.tobytes()).hexdigest()}
+        mapped = _map_entry(cache, kind, source.select(rows), items.decode, function, subset, features, desc,
+                            rows_file)
+        positions[inside] = done + np.searchsorted(rows, local)
+        done += len(rows)
+    # The map's own reading of the source in this process (datasets opens its shards' results here too).
+    release_mapped_pages(rows_file)
+    return mapped, done
 
 
 def _map_entry(cache: DataCache, kind: str, source: Any, decode: Callable[[Any], Any],

@@ -127,9 +127,11 @@ def trainer_ready(dataset: Any) -> tuple[Any, int]:
         raise ValueError("trainer_ready needs a dataset tokenised with truncate=... (no trainable_tokens column)")
     counts = column_values(dataset, "trainable_tokens")
     keep = np.flatnonzero(counts > 0)
-    if len(keep) < len(dataset):
+    rows, kept = len(counts), len(keep)
+    del counts
+    if kept < rows:
         dataset = dataset.select(keep)
-    return dataset.remove_columns(["trainable_tokens"]), int(len(counts) - len(keep))
+    return dataset.remove_columns(["trainable_tokens"]), rows - kept
 
 
 def column_values(dataset: Any, name: str) -> Any:
@@ -138,8 +140,12 @@ def column_values(dataset: Any, name: str) -> Any:
     per row: 590 MiB for 1M rows) would do at scale."""
     import numpy as np
 
-    batches = dataset.select_columns([name]).with_format("arrow").iter(batch_size=COLUMN_BATCH)
-    parts = [batch.column(0).to_numpy(zero_copy_only=False) for batch in batches]
+    from rlmed.data.mapped_pages import release_dataset_pages
+
+    parts = []
+    for batch in dataset.select_columns([name]).with_format("arrow").iter(batch_size=COLUMN_BATCH):
+        parts.append(batch.column(0).to_numpy(zero_copy_only=False))
+        release_dataset_pages(dataset)  # each record batch's column touched a block of pages (mapped_pages)
     return np.concatenate(parts) if parts else np.zeros(0)
 
 

@@ -233,3 +233,51 @@ def test_text_unit_splits_a_txt_corpus_and_keys_the_cache(tmp_path):
     assert list(lines) == ["第一段第一行", "第一段第二行", "第二段"]
     assert list(paragraphs) == ["第一段第一行\n第一段第二行", "第二段"]
     assert actions(cache) == [("rows", "prepared"), ("rows", "prepared")]
+
+
+def test_a_small_sample_of_large_sources_tokenises_only_its_rows_and_equals_the_list_path(tmp_path, tiny_tokenizer):
+    """Weights that take a few rows of big sources map only those rows (one entry per source and sample), alone
+    or beside another source, and give the list path's ids; a new sample is a new entry."""
+    from bench.data import make_dialogues
+    from rlmed.data.tokenized import tokenize_all
+
+    big = write_jsonl(tmp_path / "big.jsonl", [{"messages": d} for d in make_dialogues(400, seed=5)])
+    cache = DataCache(tmp_path / "cache")
+    for seed, sources, options in (
+            (9, [DataSource(path=str(big))], {"total": 60}),
+            (10, [DataSource(path=str(big), weight=1.0), source("dialogues.jsonl", weight=1.0)], {"total": 120})):
+        arrow = load_sources(sources, dialogue, seed=seed, cache=cache, **options).items
+        listed = load_sources(sources, dialogue, seed=seed, **options).items
+        got = tokenize_all(tiny_tokenizer, arrow, "arrow", cache)
+        expected = tokenize_all(tiny_tokenizer, listed, "list")
+        for column in ("input_ids", "assistant_masks", "labels"):
+            assert got[column] == expected[column], column
+    records = [json.loads((cache.root / e["entry"] / "record.json").read_text())
+               for e in cache.events() if e["entry"].startswith("tokens-") and e["action"] == "prepared"]
+    big_samples = [r for r in records if r["parts"]["rows"] == records[0]["parts"]["rows"]]
+    assert len(big_samples) == 2 and all(r["parts"]["subset"] != "all" for r in big_samples)
+    assert sorted(r["rows"] for r in big_samples) == [60, 60]
+
+
+def test_a_prepared_source_is_written_in_record_batches_bounded_by_characters(tmp_path, monkeypatch):
+    """Every process that opens a prepared source reads each batch's header (rlmed.data.mapped_pages): rows go
+    into batches of about ITEM_BATCH_CHARS characters, not of a fixed 1000 rows, and read back the same."""
+    import pyarrow as pa
+
+    from rlmed.data import prepared
+
+    items = [{"messages": [{"role": "user", "content": f"第{i}个问题" + "咳" * (i % 900)}]} for i in range(3000)]
+
+    def batches(path: Path) -> list[list[str]]:
+        with pa.memory_map(str(path)) as mapped:
+            return [b.column(0).to_pylist() for b in pa.ipc.open_stream(mapped).read_all().to_batches()]
+
+    assert prepared.write_items(tmp_path / "default.arrow", iter(items), lambda x: x) == 3000
+    assert len(batches(tmp_path / "default.arrow")) == 1  # 1.4M characters: one batch, where 1000 rows gave 3
+
+    monkeypatch.setattr(prepared, "ITEM_BATCH_CHARS", 100_000)
+    prepared.write_items(tmp_path / "small.arrow", iter(items), lambda x: x)
+    written = batches(tmp_path / "small.arrow")
+    assert [json.loads(text) for batch in written for text in batch] == items
+    sizes = [sum(len(text) for text in batch) for batch in written]
+    assert len(written) > 10 and all(100_000 <= size < 100_000 + 1000 for size in sizes[:-1]), sizes
