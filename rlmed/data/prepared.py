@@ -331,7 +331,6 @@ def _map_source(cache: DataCache, kind: str, items: ArrowItems, name: str, n_row
     with `positions` filled in where the items take its rows, and the running row count. A function of its own
     so that the per-source index arrays (8 bytes a row each) are gone before the next source's are made."""
     import numpy as np
-    from datasets import Dataset
 
     from rlmed.data.mapped_pages import release_mapped_pages
 
@@ -348,8 +347,7 @@ def _map_source(cache: DataCache, kind: str, items: ArrowItems, name: str, n_row
         return None, done
     whole = {"rows": name, "subset": "all", **parts}
     rows_file = cache.root / name / "rows.arrow"
-    source = Dataset.from_file(str(rows_file))
-    release_mapped_pages(rows_file)  # the batch headers opening read (see open_files)
+    source = open_files(cache.root / name, ["rows.arrow"])
     # Map the whole source when the items take most of it, or when that is done already (a validation split
     # after its training split): one pass per source serves every split and seed. A small sample of a large
     # source maps only its own rows.
